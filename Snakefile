@@ -1,0 +1,17 @@
+# doctrain: dataset manifest -> validated data -> image cache -> checkpoint -> ONNX -> parity-verified ONNX.
+# Targets: results/{exp}.onnx for every configs/{exp}.yaml. Default target: the demo.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/export.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/demo.onnx",

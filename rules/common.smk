@@ -1,0 +1,71 @@
+# Parse-time helpers only: find and validate the experiments, and build each rule's params from
+# what its stage declares it reads (src/doctrain/fingerprint.py). The work itself is in src/doctrain.
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))  # the library runs from the checkout, also inside containers
+
+from doctrain import fingerprint
+from doctrain.config import SYNTH_MANIFEST, canonical_json, load_config
+from doctrain.errors import UserError
+
+# Every rule runs the library the same way; the checkout's src/ wins over any installed copy.
+DOCTRAIN = f"PYTHONPATH={shlex.quote(str(SRC))}${{PYTHONPATH:+:$PYTHONPATH}} python -m doctrain"
+
+try:
+    EXPERIMENTS = {
+        path.stem: load_config(path)
+        for path in sorted(Path(workflow.basedir, "configs").glob("*.yaml"))
+    }
+except UserError as exc:
+    raise WorkflowError(str(exc)) from None
+
+
+wildcard_constraints:
+    exp="|".join(EXPERIMENTS) or "(?!)",
+    dataset="[A-Za-z0-9_.-]+",
+
+
+def settings(stage):
+    return lambda w: fingerprint.settings_json(EXPERIMENTS[w.exp], stage)
+
+
+def code(stage):
+    return fingerprint.code_json(stage)
+
+
+ENVIRONMENT = fingerprint.environment_digest()
+
+
+def manifest(w):
+    return EXPERIMENTS[w.exp]["data"]["manifest"]
+
+
+def synth_settings(w):
+    """The data.synth block of the experiments that render data/synth/{dataset}; they must agree."""
+    path = f"data/synth/{w.dataset}/manifest.csv"
+    blocks = {
+        canonical_json({"data.synth": cfg["data"]["synth"]})
+        for cfg in EXPERIMENTS.values()
+        if cfg["data"]["synth"] is not None and cfg["data"]["manifest"] == path
+    }
+    if len(blocks) != 1:
+        raise WorkflowError(
+            f"{path}: {len(blocks)} different data.synth settings render it; give each its own name"
+        )
+    return blocks.pop()
+
+
+def dataset_fingerprint_path(exp):
+    return f"results/{exp}/dataset.fingerprint.json"
+
+
+# Jobs on a cluster parse this file again; only the main process looks at the data.
+if workflow.is_main_process:
+    fingerprint.refresh_dataset_fingerprints(
+        {dataset_fingerprint_path(exp): cfg["data"]["manifest"] for exp, cfg in EXPERIMENTS.items()}
+    )

@@ -1,0 +1,33 @@
+# Training: the cache in, the checkpoint selected by validation AUROC out. Lightning's own
+# checkpoints and logs stay in results/{exp}/work/, outside the declared outputs.
+
+
+rule train:
+    input:
+        images=ancient("results/{exp}/cache/images.npy"),
+        index=ancient("results/{exp}/cache/index.parquet"),
+        summary="results/{exp}/cache/summary.json",
+    output:
+        checkpoint="results/{exp}/model.ckpt",
+        stamp="results/{exp}/model.stamp.json",
+        metrics="results/{exp}/metrics.json",
+        log_csv="results/{exp}/train_log.csv",
+        roc="results/{exp}/roc.png",
+        curves="results/{exp}/training_curves.png",
+    log:
+        "results/{exp}/logs/train.log",
+    benchmark:
+        "results/{exp}/benchmarks/train.tsv"
+    params:
+        settings=settings("train"),
+        code=code("train"),
+        env=ENVIRONMENT,
+    threads: 2
+    resources:
+        gpu=1,
+    shell:
+        "OMP_NUM_THREADS={threads} {DOCTRAIN} train --settings {params.settings:q}"
+        " --cache-dir results/{wildcards.exp}/cache --work-dir results/{wildcards.exp}/work/train"
+        " --checkpoint {output.checkpoint} --stamp {output.stamp} --metrics {output.metrics}"
+        " --log-csv {output.log_csv} --roc-png {output.roc} --curves-png {output.curves}"
+        " --name {wildcards.exp} 2>&1 | tee {log}"

@@ -1,0 +1,5 @@
+import sys
+
+from doctrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,102 @@
+"""The prepared image cache: every image decoded and resized once, then memory-mapped.
+
+Layout of a cache folder:
+  images.npy    uint8 [N, S, S, 3] BGR, one entry per validated image (S = data.image_size)
+  index.parquet one row per training or validation sample: image (row in images.npy), variant
+                (dihedral element 0..7, 0 = as is), class_id (dense per split), label, split
+Dihedral expansion stores each image once; the variant is applied when a sample is read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from doctrain import _io, images
+
+# The dihedral group of the square: 4 rotations, each with and without a mirror. All 8 differ for
+# a generic image (the reference recipe listed 12 variants, 4 of them repeats).
+DIHEDRAL = tuple((quarter_turns, mirror) for mirror in (False, True) for quarter_turns in range(4))
+VARIANT_SUFFIX = ("", "@r90", "@r180", "@r270", "@m", "@m.r90", "@m.r180", "@m.r270")
+
+
+def apply_variant(image: np.ndarray, variant: int) -> np.ndarray:
+    """image [H, W, C] -> its dihedral variant (mirror left-right first, then quarter turns)."""
+    quarter_turns, mirror = DIHEDRAL[variant]
+    if mirror:
+        image = image[:, ::-1]
+    return np.rot90(image, quarter_turns)
+
+
+def build_index(table: pd.DataFrame, expand_dihedral: bool) -> pd.DataFrame:
+    """Samples of the validated table; training classes are multiplied by their 8 variants."""
+    rows = []
+    for split in ("train", "val"):
+        part = table[table["split"] == split]
+        variants = range(len(DIHEDRAL)) if (expand_dihedral and split == "train") else (0,)
+        classes: dict[str, int] = {}
+        for image_row, label in zip(part.index, part["label"], strict=True):
+            for variant in variants:
+                name = label + VARIANT_SUFFIX[variant]
+                class_id = classes.setdefault(name, len(classes))
+                rows.append((int(image_row), variant, class_id, name, split))
+    return pd.DataFrame(rows, columns=["image", "variant", "class_id", "label", "split"])
+
+
+def build(validated: str | Path, out_dir: str | Path, size: int, expand_dihedral: bool) -> dict:
+    """Write the cache; return a summary. Images stream into a memory map, so RAM stays flat."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.read_parquet(validated)
+    with _io.atomic_path(out_dir / "images.npy") as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
+        for row, path in enumerate(
+            tqdm(table["path"], desc="prepare: decoding and resizing", unit="img", mininterval=1)
+        ):
+            array[row] = images.resize(images.read_bgr(path), size)
+        array.flush()
+        del array
+    index = build_index(table, expand_dihedral)
+    with _io.atomic_path(out_dir / "index.parquet") as tmp:
+        index.to_parquet(tmp, index=False)
+    return {
+        "image_size": size,
+        "images": len(table),
+        "classes": {s: int(index.loc[index["split"] == s, "class_id"].nunique()) for s in ("train", "val")},
+        "samples": {s: int((index["split"] == s).sum()) for s in ("train", "val")},
+    }
+
+
+class Cache:
+    """Read access to a prepared cache (memory-mapped: opening it reads nothing)."""
+
+    def __init__(self, cache_dir: str | Path):
+        self.dir = Path(cache_dir)
+        self.images = np.load(self.dir / "images.npy", mmap_mode="r")
+        self.index = pd.read_parquet(self.dir / "index.parquet")
+        self.summary = json.loads((self.dir / "summary.json").read_text())
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def split(self, split: str) -> pd.DataFrame:
+        return self.index[self.index["split"] == split].reset_index(drop=True)
+
+    def sample(self, image: int, variant: int) -> np.ndarray:
+        """uint8 BGR [S, S, 3], contiguous (a copy: the memory map stays read-only)."""
+        return np.ascontiguousarray(apply_variant(self.images[image], variant))
+
+
+def run_stage(settings: dict, validated: str | Path, cache_dir: str | Path) -> None:
+    data = settings["data"]
+    summary = build(validated, cache_dir, data["image_size"], data["expand_dihedral"])
+    # summary.json is written last and is the stage's stamp: it carries the digests of the two
+    # large files, so downstream stages see content changes and nothing else.
+    cache_dir = Path(cache_dir)
+    summary["sha256"] = {name: _io.sha256_file(cache_dir / name) for name in ("images.npy", "index.parquet")}
+    _io.write_json_atomic(cache_dir / "summary.json", summary)

@@ -1,0 +1,188 @@
+"""`doctrain`: every pipeline step as a subcommand, so the library serves without Snakemake too.
+
+The stage subcommands take either --config FILE (a whole experiment config) or --settings JSON
+(exactly the keys the stage reads, as the workflow passes them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from doctrain.errors import UserError
+
+STAGE_IO = {
+    "synth": ["manifest"],
+    "validate": ["manifest", "validated", "report"],
+    "prepare": ["validated", "cache_dir"],
+    "train": [
+        "cache_dir",
+        "work_dir",
+        "checkpoint",
+        "stamp",
+        "metrics",
+        "log_csv",
+        "roc_png",
+        "curves_png",
+        "name",
+    ],
+    "export": [
+        "checkpoint",
+        "train_stamp",
+        "validation_report",
+        "out",
+        "stamp",
+        "name",
+        "lineage",
+    ],
+    "verify": ["checkpoint", "onnx_path", "cache_dir", "report_path", "provenance_path", "published"],
+}
+STAGE_HELP = {
+    "synth": "render the built-in demo dataset and its manifest",
+    "validate": "check every manifest row; write the validated table",
+    "prepare": "decode and resize every image once into a memory-mapped cache",
+    "train": "train, select the checkpoint by validation AUROC, plot ROC and curves",
+    "export": "export the selected checkpoint to ONNX with metadata",
+    "verify": "check ONNX against PyTorch and the contract; publish on success",
+}
+
+
+def _stage_settings(args: argparse.Namespace, stage: str) -> dict:
+    from doctrain.config import load_config
+    from doctrain.fingerprint import STAGES, nest
+
+    if args.settings:
+        return nest(json.loads(args.settings))
+    if args.config:
+        from doctrain.fingerprint import stage_settings
+
+        return stage_settings(load_config(args.config), stage)
+    raise UserError(
+        f"doctrain {stage}: give --config FILE or --settings JSON (keys: {', '.join(STAGES[stage].keys)})"
+    )
+
+
+def _run_stage(args: argparse.Namespace) -> None:
+    import importlib
+
+    from doctrain.fingerprint import STAGES
+
+    stage = args.command
+    paths = {name: getattr(args, name) for name in STAGE_IO[stage]}
+    if "lineage" in paths:
+        paths["lineage"] = json.loads(paths["lineage"])
+    importlib.import_module(STAGES[stage].module).run_stage(_stage_settings(args, stage), **paths)
+
+
+def _manifest_build(args: argparse.Namespace) -> None:
+    from doctrain import manifest
+
+    frame = manifest.build(args.root)
+    out = Path(args.output)
+    if out.resolve().parent != Path(args.root).resolve():
+        frame["path"] = [str((Path(args.root) / p).resolve()) for p in frame["path"]]
+    manifest.write(frame, out)
+    print(f"{out}: {len(frame)} images, {frame['label'].nunique()} labels")
+
+
+def _manifest_check(args: argparse.Namespace) -> None:
+    from doctrain import manifest
+
+    table = manifest.validate(args.manifest, args.min_classes)
+    for split in manifest.SPLITS:
+        part = table[table["split"] == split]
+        print(f"{split}: {len(part)} images, {part['label'].nunique()} classes")
+    print(f"{args.manifest}: OK")
+
+
+def _dataset_fingerprint(args: argparse.Namespace) -> None:
+    from doctrain import _io
+    from doctrain.fingerprint import dataset_fingerprint
+
+    text = dataset_fingerprint(args.manifest)
+    if text is None:
+        raise UserError(f"manifest {args.manifest} does not exist")
+    _io.write_text_atomic(args.out, text)
+
+
+def _classify(args: argparse.Namespace) -> None:
+    from doctrain.classify import Classifier
+
+    classifier = Classifier(args.model)
+    classifier.register(args.register)
+    for image in args.images:
+        match = classifier.classify(image, args.threshold)
+        print(f"{image}\t{match.label or '(none)'}\t{match.score:.4f}")
+
+
+def _provenance(args: argparse.Namespace) -> None:
+    from doctrain.export import read_metadata
+    from doctrain.provenance import format_record
+
+    record = read_metadata(args.model)
+    if not record:
+        raise UserError(f"{args.model} carries no doctrain metadata")
+    print(json.dumps(record, indent=2, sort_keys=True) if args.json else format_record(record))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="doctrain", description=__doc__.split("\n\n")[0])
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    man = sub.add_parser("manifest", help="build or check a dataset manifest")
+    man_sub = man.add_subparsers(dest="action", required=True)
+    build = man_sub.add_parser("build", help="manifest from ROOT/<label>/* or ROOT/{train,val}/<label>/*")
+    build.add_argument("root", help="folder with one sub-folder per class")
+    build.add_argument("-o", "--output", required=True, help="manifest to write (.csv or .parquet)")
+    build.set_defaults(func=_manifest_build)
+    check = man_sub.add_parser("check", help="validate every row and list all problems")
+    check.add_argument("manifest")
+    check.add_argument("--min-classes", type=int, default=2, help="classes needed per split")
+    check.set_defaults(func=_manifest_check)
+
+    for stage, names in STAGE_IO.items():
+        cmd = sub.add_parser(stage, help=STAGE_HELP[stage])
+        source = cmd.add_mutually_exclusive_group()
+        source.add_argument("--config", help="experiment config (configs/NAME.yaml)")
+        source.add_argument("--settings", help="JSON of the stage's dotted keys (what the workflow passes)")
+        for name in names:
+            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
+        cmd.set_defaults(func=_run_stage)
+
+    fpr = sub.add_parser("dataset-fingerprint", help="digest of a manifest and every file it lists")
+    fpr.add_argument("--manifest", required=True)
+    fpr.add_argument("--out", required=True)
+    fpr.set_defaults(func=_dataset_fingerprint)
+
+    cls = sub.add_parser("classify", help="match images to registered templates with an exported model")
+    cls.add_argument("model", help="exported .onnx file")
+    cls.add_argument("--register", required=True, help="folder of template images (one per class)")
+    cls.add_argument(
+        "--threshold",
+        type=float,
+        default=0.7,
+        help="score (cos+1)/2 a match must exceed (default 0.7, as the 96-px reference models)",
+    )
+    cls.add_argument("images", nargs="+", help="images to classify")
+    cls.set_defaults(func=_classify)
+
+    prov = sub.add_parser("provenance", help="print what an exported ONNX file was built from")
+    prov.add_argument("model")
+    prov.add_argument("--json", action="store_true", help="print JSON instead of text")
+    prov.set_defaults(func=_provenance)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"doctrain: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Experiment configs: load YAML, validate against schemas/config.schema.yaml, fill defaults."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from doctrain.errors import UserError
+
+SYNTH_MANIFEST = re.compile(r"data/synth/(?P<name>[A-Za-z0-9_.-]+)/manifest\.csv")
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def load_schema(name: str) -> dict:
+    return yaml.safe_load((SCHEMA_DIR / name).read_text())
+
+
+def _with_defaults(validator_class):
+    """A validator that also fills in each property's default (the recipe of the jsonschema FAQ)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema:
+                    instance.setdefault(name, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def _stringify_int_keys(value: Any) -> Any:
+    # YAML reads `{0: batch_size}` (the reference format of dynamic_axes) with an int key; JSON
+    # Schema and JSON only know string keys.
+    if isinstance(value, dict):
+        return {str(k): _stringify_int_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_stringify_int_keys(v) for v in value]
+    return value
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(raw: Any, source: str = "config") -> dict:
+    """Return a validated copy of `raw` with every default filled in, or raise UserError."""
+    if raw is None:
+        raw = {}
+    config = _stringify_int_keys(copy.deepcopy(raw))
+    errors = sorted(_Validator(load_schema("config.schema.yaml")).iter_errors(config), key=_key_path)
+    if errors:
+        lines = [f"{_key_path(e)}: {e.message}" for e in errors]
+        raise UserError(f"{source} is not a valid doctrain config: " + "; ".join(lines))
+    _check_consistency(config, source)
+    return config
+
+
+def _check_consistency(config: dict, source: str) -> None:
+    onnx = config["onnx"]
+    size = config["data"]["image_size"]
+    problems = []
+    if list(onnx["input_shape"]) != onnx["input_names"]:
+        problems.append(f"onnx.input_names {onnx['input_names']} must name the onnx.input_shape entries")
+    for name, spec in onnx["input_shape"].items():
+        if spec["shape"][1:] != [3, size, size]:
+            problems.append(
+                f"onnx.input_shape.{name}.shape {spec['shape']} does not match data.image_size {size}"
+            )
+    tensors = set(onnx["input_names"]) | set(onnx["output_names"])
+    for name in onnx["dynamic_axes"]:
+        if name not in tensors:
+            problems.append(f"onnx.dynamic_axes.{name} names no input or output (have {sorted(tensors)})")
+    if config["data"]["synth"] is not None and not SYNTH_MANIFEST.fullmatch(config["data"]["manifest"]):
+        problems.append(
+            f"data.manifest '{config['data']['manifest']}' must be data/synth/NAME/manifest.csv "
+            "when data.synth is set (the workflow renders the demo data there)"
+        )
+    if problems:
+        raise UserError(f"{source}: " + "; ".join(problems))
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate one experiment config file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {exc}") from None
+    return validate_config(raw, source=str(path))
+
+
+def get_key(config: dict, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value: sorted keys, no spaces (re-ordered YAML gives the same text)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,97 @@
+"""Torch datasets over the prepared cache, and the class-balanced sampler of the reference recipe.
+
+Every training sample carries its own seed (drawn by the sampler from the experiment seed and the
+epoch), so augmentation is the same whatever the number of loader workers or their scheduling."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from doctrain import augment, images
+from doctrain.cache import Cache
+
+
+class ClassBalancedSampler(Sampler):
+    """Yields (sample row, augmentation seed): a uniformly drawn class, then one of its samples.
+    Drawn with replacement, `num_samples` per epoch; call set_epoch (Lightning does) for new draws."""
+
+    def __init__(self, class_ids: np.ndarray, num_samples: int, seed: int):
+        self.rows_of_class = [np.flatnonzero(class_ids == c) for c in range(int(class_ids.max()) + 1)]
+        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        classes = rng.integers(len(self.rows_of_class), size=self.num_samples)
+        picks = rng.random(self.num_samples)
+        seeds = rng.integers(2**31 - 1, size=self.num_samples)
+        for cls, pick, seed in zip(classes, picks, seeds, strict=True):
+            rows = self.rows_of_class[cls]
+            yield int(rows[int(pick * len(rows))]), int(seed)
+
+
+class TrainSamples(Dataset):
+    def __init__(self, cache: Cache, augment_settings: dict):
+        self.cache = cache
+        self.samples = cache.split("train")
+        self.augment = augment.build(augment_settings)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        row, seed = key
+        sample = self.samples.iloc[row]
+        image = self.cache.sample(int(sample["image"]), int(sample["variant"]))
+        if self.augment is not None:
+            self.augment.set_random_seed(seed)
+            image = self.augment(image=image)["image"]
+        return torch.from_numpy(images.to_input(image)[0]), int(sample["class_id"])
+
+
+class ValSamples(Dataset):
+    """Validation images in a fixed shuffled order, so each batch mixes classes (the metric scores
+    the pairs inside each batch, as upstream)."""
+
+    def __init__(self, cache: Cache, seed: int):
+        samples = cache.split("val")
+        order = np.random.default_rng(seed).permutation(len(samples))
+        self.cache, self.samples = cache, samples.iloc[order].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples.iloc[row]
+        image = self.cache.sample(int(sample["image"]), int(sample["variant"]))
+        return torch.from_numpy(images.to_input(image)[0]), int(sample["class_id"])
+
+
+def loaders(cache: Cache, settings: dict) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders from the `data` and `augment` settings."""
+    data, loader = settings["data"], settings["data"]["loader"]
+    workers = loader["num_workers"]
+    common = {
+        "num_workers": workers,
+        "pin_memory": loader["pin_memory"] and torch.cuda.is_available(),
+        "persistent_workers": loader["persistent_workers"] and workers > 0,
+        "prefetch_factor": loader["prefetch_factor"] if workers > 0 else None,
+    }
+    train = TrainSamples(cache, settings["augment"])
+    sampler = ClassBalancedSampler(
+        train.samples["class_id"].to_numpy(), data["samples_per_epoch"], settings["seed"]
+    )
+    train_loader = DataLoader(train, batch_size=data["batch_size"], sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(
+        ValSamples(cache, settings["seed"]), batch_size=data["val_batch_size"], shuffle=False, **common
+    )
+    return train_loader, val_loader

@@ -1,0 +1,145 @@
+"""ONNX export in the reference recipe's format: a registered inference wrapper (backbone + head
+only, no loss weights), named inputs and outputs, dynamic axes, one self-contained file carrying
+its input contract and provenance in metadata_props."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from doctrain import _io, provenance
+from doctrain.lit_module import EmbeddingModule
+
+CHECKOUT = Path(__file__).resolve().parents[2]  # the library runs from the checkout
+WRAPPERS: dict[str, type[nn.Module]] = {}
+
+
+def register_wrapper(cls: type[nn.Module]) -> type[nn.Module]:
+    WRAPPERS[cls.__name__] = cls
+    return cls
+
+
+@register_wrapper
+class WarpFeatureLearning(nn.Module):
+    """img float32 [N, 3, H, W] BGR /255 -> feats float32 [N, D], L2-normalised rows."""
+
+    def __init__(self, module: EmbeddingModule):
+        super().__init__()
+        self.net = module.net
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return self.net(img)
+
+
+def load_trained(checkpoint: str | Path) -> EmbeddingModule:
+    """The trained module in eval mode on the CPU, loaded strictly (a missing tensor is an error).
+    Hub and local backbone weights are not re-fetched: the checkpoint holds every weight."""
+    module = EmbeddingModule.load_from_checkpoint(
+        checkpoint, map_location="cpu", strict=True, pretrained=False, weights=None
+    )
+    return module.eval()
+
+
+def contract_metadata(settings: dict, embed_dim: int, name: str) -> dict:
+    onnx_cfg = settings["onnx"]
+    ((input_name, spec),) = onnx_cfg["input_shape"].items()
+    _, channels, height, width = spec["shape"]
+    return {
+        "config_name": name,
+        "input": {
+            "name": input_name,
+            "dtype": spec["dtype"],
+            "layout": "NCHW",
+            "shape": [
+                "N" if "0" in onnx_cfg["dynamic_axes"].get(input_name, {}) else spec["shape"][0],
+                channels,
+                height,
+                width,
+            ],
+        },
+        "preprocessing": {
+            "channel_order": "BGR",
+            "scale": "1/255",
+            "resize": "bilinear, aspect not kept",
+            "height": height,
+            "width": width,
+            "mean": None,
+            "std": None,
+        },
+        "output": {"name": onnx_cfg["output_names"][0], "shape": ["N", embed_dim], "l2_normalised": True},
+        "embedding_dim": embed_dim,
+    }
+
+
+def export(settings: dict, module: EmbeddingModule, out: str | Path, metadata: dict) -> None:
+    """Export, check with onnx.checker (full check) and write atomically."""
+    onnx_cfg = settings["onnx"]
+    wrapper = WRAPPERS[onnx_cfg["name"]](module).eval()
+    example = tuple(
+        torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
+        for spec in onnx_cfg["input_shape"].values()
+    )
+    dynamic_axes = {
+        tensor: {int(axis): label for axis, label in axes.items()}
+        for tensor, axes in onnx_cfg["dynamic_axes"].items()
+    }
+    options = onnx_cfg["options"]
+    with _io.atomic_path(out) as tmp:
+        # The TorchScript-based exporter: it writes the recipe's opset 16 directly, and unlike the
+        # dynamo exporter it embeds no source paths, so the file's bytes do not depend on where the
+        # checkout lives.
+        torch.onnx.export(
+            wrapper,
+            example,
+            str(tmp),
+            input_names=onnx_cfg["input_names"],
+            output_names=onnx_cfg["output_names"],
+            dynamic_axes=dynamic_axes,
+            opset_version=options["opset_version"],
+            do_constant_folding=options["do_constant_folding"],
+            verbose=options["verbose"],
+            dynamo=False,
+            external_data=False,
+        )
+        model = onnx.load(str(tmp))
+        model.producer_name, model.doc_string = "doctrain", f"doctrain {onnx_cfg['name']}"
+        for key, value in provenance.to_metadata(metadata).items():
+            model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(tmp))
+
+
+def read_metadata(path: str | Path) -> dict:
+    model = onnx.load(str(path), load_external_data=False)
+    return provenance.from_metadata({p.key: p.value for p in model.metadata_props})
+
+
+def run_stage(
+    settings: dict,
+    checkpoint: str | Path,
+    train_stamp: str | Path,
+    validation_report: str | Path,
+    out: str | Path,
+    stamp: str | Path,
+    name: str,
+    lineage: dict,
+) -> None:
+    module = load_trained(checkpoint)
+    train_facts = json.loads(Path(train_stamp).read_text())
+    metadata = contract_metadata(settings, module.hparams.embed_dim, name)
+    metadata.update(lineage)
+    metadata.update(
+        {
+            "dataset_sha256": json.loads(Path(validation_report).read_text())["dataset_sha256"],
+            "state_dict_sha256": train_facts["state_dict_sha256"],
+            "versions": provenance.software_versions(),
+            "container_image": provenance.container_image(),
+            "git_commit": provenance.git_commit(CHECKOUT),
+        }
+    )
+    export(settings, module, out, metadata)
+    _io.write_json_atomic(stamp, {"onnx_sha256": _io.sha256_file(out)})

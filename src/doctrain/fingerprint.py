@@ -1,0 +1,248 @@
+"""What each pipeline stage reads, as readable values Snakemake can compare.
+
+A stage reruns if and only if one of these changed: the config keys it reads (canonical JSON),
+the library code it runs (per-module digests of the AST without docstrings, over the modules it
+imports transitively), the software environment (envs/requirements.txt), and the content of its
+inputs (small stamp files holding sha256 digests of large artefacts, and for the validation stage a
+digest of the manifest and every image it lists, cached by file identity so no-op runs stay fast).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+from doctrain import _io
+from doctrain.config import canonical_json, get_key
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REQUIREMENTS = PACKAGE_DIR.parents[1] / "envs" / "requirements.txt"
+
+
+@dataclass(frozen=True)
+class Stage:
+    module: str  # the module whose `run_stage` carries the stage out
+    keys: tuple[str, ...]  # dotted config keys the stage reads, and no others
+
+
+STAGES = {
+    "synth": Stage("doctrain.synth", ("data.synth",)),
+    "validate": Stage("doctrain.manifest", ("data.manifest", "data.min_classes_per_split")),
+    "prepare": Stage("doctrain.cache", ("data.image_size", "data.expand_dihedral")),
+    "train": Stage(
+        "doctrain.training",
+        (
+            "seed",
+            "data.batch_size",
+            "data.samples_per_epoch",
+            "data.val_batch_size",
+            "data.loader",
+            "augment",
+            "model",
+            "loss",
+            "optimizer",
+            "schedule",
+            "trainer",
+        ),
+    ),
+    "export": Stage("doctrain.export", ("onnx",)),
+    "verify": Stage("doctrain.parity", ("parity",)),
+}
+# Stages whose settings and code shape the exported file (its provenance digests cover these).
+MODEL_STAGES = ("synth", "validate", "prepare", "train", "export")
+
+
+def _dotted_settings(config: dict, stage: str) -> dict:
+    return {key: get_key(config, key) for key in STAGES[stage].keys}
+
+
+def settings_json(config: dict, stage: str) -> str:
+    """The stage's settings as one canonical JSON line keyed by dotted path, so that Snakemake's
+    reason lines read like `{"optimizer.lr":0.001}`."""
+    return canonical_json(_dotted_settings(config, stage))
+
+
+def nest(dotted: dict) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}: the shape the stages read their settings in."""
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def stage_settings(config: dict, stage: str) -> dict:
+    """Exactly the part of the config the stage reads."""
+    return nest(_dotted_settings(config, stage))
+
+
+def _module_path(module: str) -> Path:
+    relative = module.split(".")[1:]
+    candidate = PACKAGE_DIR.joinpath(*relative)
+    return candidate / "__init__.py" if candidate.is_dir() else candidate.with_suffix(".py")
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                if isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def _imported_modules(tree: ast.AST, module: str) -> set[str]:
+    found = set()
+    package = module.rsplit(".", 1)[0] if not _module_path(module).name == "__init__.py" else module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("doctrain."))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([package] + ([base] if base else []))
+            if base == "doctrain":
+                found.update(f"doctrain.{a.name}" for a in node.names)
+            elif base.startswith("doctrain."):
+                found.add(base)
+    return {m for m in found if _module_path(m).exists()}
+
+
+@functools.cache
+def _module_digest_and_imports(module: str) -> tuple[str, frozenset[str]]:
+    tree = ast.parse(_module_path(module).read_text())
+    imports = _imported_modules(tree, module)
+    dump = ast.dump(_strip_docstrings(tree), annotate_fields=False, include_attributes=False)
+    return hashlib.sha256(dump.encode()).hexdigest()[:12], frozenset(imports)
+
+
+def code_digests(stage: str) -> dict[str, str]:
+    """Digest of every doctrain module the stage's module imports, directly or not.
+    Comments and docstrings do not count; any other edit does."""
+    pending, digests = [STAGES[stage].module], {}
+    while pending:
+        module = pending.pop()
+        if module in digests:
+            continue
+        digests[module], imports = _module_digest_and_imports(module)
+        pending.extend(imports)
+    return dict(sorted(digests.items()))
+
+
+def code_json(stage: str) -> str:
+    return canonical_json(code_digests(stage))
+
+
+@functools.cache
+def environment_digest() -> str:
+    """Digest of the pinned software environment (blank lines and comments do not count)."""
+    lines = [ln.split("#")[0].strip() for ln in REQUIREMENTS.read_text().splitlines()]
+    return _io.sha256_text("\n".join(sorted(ln for ln in lines if ln)))[:12]
+
+
+class HashCache:
+    """sha256 of files, remembered by (size, mtime_ns, ctime_ns, inode): a file is re-read only when
+    one of these changed. ctime matters: an in-place edit that restores the old mtime still moves it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.dirty = False
+        try:
+            with open(self.path, "rb") as handle:
+                self.entries: dict[str, tuple] = pickle.load(handle)
+        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
+            self.entries = {}
+
+    def sha256(self, path: str | Path) -> str | None:
+        """The file's digest, or None when it does not exist."""
+        key = os.fspath(path)
+        try:
+            st = os.stat(key)
+        except FileNotFoundError:
+            return None
+        identity = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        cached = self.entries.get(key)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
+        digest = _io.sha256_file(key)
+        self.entries[key] = (identity, digest)
+        self.dirty = True
+        return digest
+
+    def save(self) -> None:
+        if self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with _io.atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
+                pickle.dump(self.entries, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            self.dirty = False
+
+
+def dataset_digest(manifest: str | Path, cache: HashCache) -> dict | None:
+    """Digest of the manifest and of every file it lists (None when the manifest does not exist yet).
+    Unreadable manifests still get a digest of their bytes: the validation stage reports them."""
+    from doctrain.manifest import read_paths
+
+    manifest = Path(manifest)
+    manifest_sha = cache.sha256(manifest)
+    if manifest_sha is None:
+        return None
+    combined = hashlib.sha256(manifest_sha.encode())
+    files = 0
+    for path in read_paths(manifest):
+        combined.update(f"{path}\0{cache.sha256(path)}\n".encode())
+        files += 1
+    return {
+        "manifest": str(manifest),
+        "manifest_sha256": manifest_sha,
+        "files": files,
+        "sha256": combined.hexdigest(),
+    }
+
+
+def lineage(config: dict) -> dict:
+    """Digests of everything that shapes an exported model: the settings and the code of every
+    stage up to export, and the software environment (recorded in the ONNX metadata)."""
+    settings = {stage: settings_json(config, stage) for stage in MODEL_STAGES}
+    code = {stage: code_json(stage) for stage in MODEL_STAGES}
+    return {
+        "config_sha256": _io.sha256_text(canonical_json(settings)),
+        "code_sha256": _io.sha256_text(canonical_json(code)),
+        "environment_sha256": environment_digest(),
+    }
+
+
+HASH_CACHE = Path(".doctrain") / "hash-cache.pickle"  # relative to the workflow's working directory
+
+
+def dataset_fingerprint(manifest: str | Path, cache: HashCache | None = None) -> str | None:
+    """The text of a dataset fingerprint file (None while the manifest does not exist)."""
+    own_cache = cache is None
+    cache = cache or HashCache(HASH_CACHE)
+    digest = dataset_digest(manifest, cache)
+    if own_cache:
+        cache.save()
+    return None if digest is None else canonical_json(digest) + "\n"
+
+
+def refresh_dataset_fingerprints(targets: dict[str, str]) -> None:
+    """For each existing fingerprint file (path -> manifest), rewrite it if the data changed.
+
+    Only changed content is written, so a stage that takes the file as input reruns exactly when the
+    manifest or a listed file changed: an mtime-only change leaves the file, and Snakemake's checksum
+    of it, as they were. Missing files are left to the workflow rule that makes them."""
+    cache = HashCache(HASH_CACHE)
+    for target, manifest in targets.items():
+        if Path(target).exists():
+            text = dataset_fingerprint(manifest, cache)
+            if text is not None:
+                _io.write_if_changed(target, text)
+    cache.save()

@@ -1,0 +1,43 @@
+"""The consumer's input contract in one place: BGR, plain bilinear resize to H x W, float32 NCHW / 255.
+
+The cache, the validation stage, the parity check and `doctrain classify` all go through these
+functions, so training and inference cannot drift apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def decode_bgr(data: bytes) -> np.ndarray | None:
+    """Decode encoded image bytes to uint8 BGR [H, W, 3]; None when they are not an image."""
+    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    return array if array is not None and array.size else None
+
+
+def read_bgr(path: str | Path) -> np.ndarray:
+    image = decode_bgr(Path(path).read_bytes())
+    if image is None:
+        raise ValueError(f"{path} is not a decodable image")
+    return image
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Plain bilinear resize to size x size; the aspect ratio is not kept (as the consumer does)."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def to_input(images: np.ndarray) -> np.ndarray:
+    """uint8 BGR [N, H, W, 3] (or one [H, W, 3]) -> float32 [N, 3, H, W] in [0, 1]."""
+    if images.ndim == 3:
+        images = images[None]
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+def load_input(path: str | Path, size: int) -> np.ndarray:
+    """One image file as the network's float32 [1, 3, size, size] input."""
+    return to_input(resize(read_bgr(path), size))

@@ -1,0 +1,71 @@
+"""Pictures people would rather look at than read: the ROC curve and the training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from doctrain import _io  # noqa: E402
+
+
+def roc(points: dict, metrics: dict, title: str, out: str | Path) -> None:
+    """ROC on a log FPR axis, with the TPR at each reported FPR marked."""
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    fpr = [max(f, 1e-5) for f in points["fpr"]]
+    ax.plot(fpr, points["tpr"], lw=2, label=f"AUROC {metrics['auroc']:.4f}")
+    for target, entry in metrics["at_fpr"].items():
+        style = "o" if entry["resolvable"] else "x"
+        ax.plot(float(target), entry["tpr"], style, color="C3")
+        ax.annotate(
+            f"{entry['tpr']:.3f}",
+            (float(target), entry["tpr"]),
+            textcoords="offset points",
+            xytext=(4, -12),
+            fontsize=8,
+        )
+    ax.set(
+        xscale="log",
+        xlim=(1e-5, 1),
+        ylim=(0, 1.02),
+        xlabel="false positive rate (different-class pairs)",
+        ylabel="true positive rate (same-class pairs)",
+        title=f"{title}: {metrics['positive_pairs']} same / {metrics['negative_pairs']} different pairs",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, out)
+
+
+def training_curves(log_csv: str | Path, title: str, out: str | Path) -> None:
+    """Training loss and learning rate per step, validation AUROC per epoch."""
+    log = pd.read_csv(log_csv)
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    if "train/loss_step" in log:
+        steps = log.dropna(subset=["train/loss_step"])
+        loss_ax.plot(steps["step"], steps["train/loss_step"], lw=1, label="train loss")
+        lr_ax = loss_ax.twinx()
+        lr_steps = log.dropna(subset=["train/lr"])
+        lr_ax.plot(lr_steps["step"], lr_steps["train/lr"], color="C1", lw=1, label="learning rate")
+        lr_ax.set_ylabel("learning rate")
+    loss_ax.set(xlabel="step", ylabel="loss", title=f"{title}: training")
+    if "val/auroc" in log:
+        val = log.dropna(subset=["val/auroc"])
+        val_ax.plot(val["epoch"], val["val/auroc"], "o-", label="val AUROC")
+        if "val/tpr@0.01" in val:
+            val_ax.plot(val["epoch"], val["val/tpr@0.01"], "s-", label="val TPR @ FPR 1e-2")
+    val_ax.set(xlabel="epoch", ylim=(0, 1.02), title="validation (unseen classes)")
+    val_ax.grid(True, alpha=0.3)
+    val_ax.legend(loc="lower right")
+    _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> None:
+    fig.tight_layout()
+    with _io.atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

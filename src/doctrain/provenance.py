@@ -1,0 +1,90 @@
+"""What an artefact was built from: digests of config, code, data and weights, and the software."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+PACKAGES = ("torch", "timm", "lightning", "onnx", "onnxruntime")
+# Set by the container images (containers/), so artefacts record which image built them.
+IMAGE_VARIABLE = "DOCTRAIN_CONTAINER_IMAGE"
+METADATA_PREFIX = "doctrain."
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """Digest of the weights alone (names, dtypes, shapes, bytes): unlike checkpoint files, equal
+    for equal weights whatever else a checkpoint stores."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def software_versions() -> dict[str, str]:
+    return {name: importlib.metadata.version(name) for name in PACKAGES}
+
+
+def git_commit(checkout: str | Path) -> str | None:
+    """HEAD of the checkout when its tracked files are unchanged, else None (a dirty tree is not
+    what any commit says)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        if git("status", "--porcelain", "--untracked-files=no"):
+            return None
+        return git("rev-parse", "HEAD")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def container_image() -> str | None:
+    return os.environ.get(IMAGE_VARIABLE) or None
+
+
+def to_metadata(record: dict) -> dict[str, str]:
+    """Flat string pairs for ONNX metadata_props (nested values as canonical JSON)."""
+    return {
+        METADATA_PREFIX + key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        for key, value in sorted(record.items())
+        if value is not None
+    }
+
+
+def from_metadata(props: dict[str, str]) -> dict:
+    out = {}
+    for key, value in props.items():
+        if key.startswith(METADATA_PREFIX):
+            try:
+                out[key[len(METADATA_PREFIX) :]] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key[len(METADATA_PREFIX) :]] = value
+    return out
+
+
+def format_record(record: dict) -> str:
+    """Human-readable lines, one per field, nested fields indented."""
+    lines = []
+
+    def emit(key: str, value, indent: int) -> None:
+        if isinstance(value, dict):
+            lines.append(" " * indent + f"{key}:")
+            for sub in sorted(value):
+                emit(sub, value[sub], indent + 2)
+        else:
+            lines.append(" " * indent + f"{key}: {value}")
+
+    for key in sorted(record):
+        emit(key, record[key], 0)
+    return "\n".join(lines)

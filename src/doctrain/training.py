@@ -1,0 +1,159 @@
+"""Training as a plain function: cache + settings -> the checkpoint chosen by validation AUROC.
+
+Lightning's own checkpoints and logs live in a work folder beside the declared outputs; the
+published checkpoint is a minimal one (weights + hyper-parameters), so its bytes depend only on the
+weights, and `EmbeddingModule.load_from_checkpoint` rebuilds the model from it alone."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+
+from doctrain import _io, plots
+from doctrain.cache import Cache
+from doctrain.dataset import loaders
+from doctrain.lit_module import EmbeddingModule
+from doctrain.metrics import roc_points, verification_metrics
+from doctrain.provenance import state_dict_sha256
+
+
+def build_module(settings: dict, num_classes: int, steps_per_epoch: int) -> EmbeddingModule:
+    model, loss, opt, sched = (settings[k] for k in ("model", "loss", "optimizer", "schedule"))
+    total = sched["epochs"] * steps_per_epoch
+    return EmbeddingModule(
+        model["backbone"],
+        model["embed_dim"],
+        num_classes,
+        pretrained=model["pretrained"],
+        weights=model["weights"],
+        replace_components=model["replace_components"],
+        channels_last=model["channels_last"],
+        loss=loss["name"],
+        s=loss["s"],
+        m=loss["m"],
+        lr=opt["lr"],
+        betas=tuple(opt["betas"]),
+        weight_decay=opt["weight_decay"],
+        total_steps=total,
+        warmup_steps=round(sched["warmup_fraction"] * total),
+        power=sched["power"],
+    )
+
+
+def train(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str = "model") -> dict:
+    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures."""
+    work_dir = Path(work_dir)
+    if work_dir.exists():
+        shutil.rmtree(work_dir)  # a stale run's checkpoints must not be picked as "best"
+    L.seed_everything(settings["seed"], workers=True, verbose=False)
+    trainer_cfg = settings["trainer"]
+    if trainer_cfg["threads"]:
+        torch.set_num_threads(trainer_cfg["threads"])
+    cache = Cache(cache_dir)
+    train_loader, val_loader = loaders(cache, settings)
+    num_classes = int(cache.split("train")["class_id"].max()) + 1
+    module = build_module(settings, num_classes, len(train_loader))
+    best = ModelCheckpoint(
+        dirpath=work_dir / "checkpoints",
+        filename="epoch{epoch:03d}",
+        monitor="val/auroc",
+        mode="max",
+        save_top_k=trainer_cfg["save_top_k"],
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    trainer = L.Trainer(
+        max_epochs=settings["schedule"]["epochs"],
+        accelerator=trainer_cfg["accelerator"],
+        devices=1,
+        precision=trainer_cfg["precision"],
+        gradient_clip_val=trainer_cfg["gradient_clip_val"],
+        deterministic=trainer_cfg["deterministic"],
+        logger=CSVLogger(work_dir, name="", version=""),
+        callbacks=[best, TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 20))],
+        num_sanity_val_steps=0,
+        log_every_n_steps=max(1, min(50, len(train_loader) // 4)),
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        default_root_dir=work_dir,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    seconds = time.perf_counter() - started
+
+    selected = EmbeddingModule.load_from_checkpoint(best.best_model_path, map_location="cpu", strict=True)
+    trainer.validate(selected, val_loader, verbose=False)
+    scores, same = selected.last_val
+    metrics = verification_metrics(scores, same)
+    state_dict = selected.state_dict()
+    epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"]
+    samples = settings["schedule"]["epochs"] * len(train_loader) * settings["data"]["batch_size"]
+    return {
+        "name": name,
+        "module": selected,
+        "state_dict_sha256": state_dict_sha256(state_dict),
+        "selected_epoch": int(epoch),
+        "val": metrics,
+        "roc": roc_points(scores, same),
+        "train": {
+            "seconds": round(seconds, 1),
+            "samples": samples,
+            "samples_per_s": round(samples / seconds, 1),
+            "device": str(selected.device),
+            "accelerator": trainer.accelerator.__class__.__name__,
+            "classes": num_classes,
+        },
+        "log_csv": work_dir / "metrics.csv",
+    }
+
+
+def save_checkpoint(module: EmbeddingModule, path: str | Path, extra: dict) -> None:
+    """A minimal Lightning-loadable checkpoint: weights, hyper-parameters and the selection facts."""
+    payload = {
+        "state_dict": module.state_dict(),
+        EmbeddingModule.CHECKPOINT_HYPER_PARAMS_KEY: dict(module.hparams),
+        "pytorch-lightning_version": L.__version__,
+        "doctrain": extra,
+    }
+    with _io.atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def run_stage(
+    settings: dict,
+    cache_dir: str | Path,
+    work_dir: str | Path,
+    checkpoint: str | Path,
+    stamp: str | Path,
+    metrics: str | Path,
+    log_csv: str | Path,
+    roc_png: str | Path,
+    curves_png: str | Path,
+    name: str,
+) -> None:
+    result = train(settings, cache_dir, work_dir, name)
+    selection = {
+        "epoch": result["selected_epoch"],
+        "monitor": "val/auroc",
+        "value": result["val"]["auroc"],
+        "state_dict_sha256": result["state_dict_sha256"],
+    }
+    save_checkpoint(result["module"], checkpoint, selection)
+    shutil.copyfile(result["log_csv"], log_csv)
+    plots.roc(result["roc"], result["val"], name, roc_png)
+    plots.training_curves(log_csv, name, curves_png)
+    _io.write_json_atomic(
+        metrics, {"selected": selection, "val": result["val"], "train": result["train"], "roc": result["roc"]}
+    )
+    # The stamp is written last: it is what downstream stages compare (the checkpoint goes to them
+    # as an ancient() input), and it names the weights, not the file.
+    _io.write_json_atomic(
+        stamp,
+        {"checkpoint_sha256": _io.sha256_file(checkpoint), "state_dict_sha256": result["state_dict_sha256"]},
+    )
