@@ -85,15 +85,15 @@ def compare(
     return figures
 
 
-def top1_agreement(expected: np.ndarray, got: np.ndarray) -> float:
-    """Fraction of rows whose nearest other row is the same under both runtimes."""
-
-    def nearest(feats: np.ndarray) -> np.ndarray:
-        similarity = feats @ feats.T
-        np.fill_diagonal(similarity, -np.inf)
-        return similarity.argmax(1)
-
-    return float((nearest(expected) == nearest(got)).mean())
+def top1_agreement(expected: np.ndarray, got: np.ndarray, tie: float = 1e-6) -> float:
+    """Fraction of rows whose nearest other row under onnxruntime is also nearest under PyTorch
+    (a neighbour whose PyTorch similarity ties the best one within `tie` counts as the same)."""
+    reference = expected @ expected.T
+    np.fill_diagonal(reference, -np.inf)
+    candidate = got @ got.T
+    np.fill_diagonal(candidate, -np.inf)
+    chosen = reference[np.arange(len(got)), candidate.argmax(1)]
+    return float((chosen >= reference.max(1) - tie).mean())
 
 
 def verify(settings: dict, checkpoint: str | Path, onnx_path: str | Path, cache_dir: str | Path) -> dict:

@@ -1,0 +1,79 @@
+"""Shared fixtures: a temporary copy of the workflow, small images, a tiny trained module."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ("Snakefile", "rules", "configs", "schemas", "src", "envs", "profiles")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow as a user's checkout would hold it, without results or caches."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, dest / part, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, dest / part)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the real snakemake of this environment in `workdir` (python on PATH is this one)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count from the 'Job stats' table of a dry run ({} when nothing is to be done)."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs, table = {}, False
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.startswith("job ") and "count" in line:
+            table = True
+        elif table:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if len(parts) == 2 and parts[1].isdigit():
+                jobs[parts[0]] = int(parts[1])
+    return jobs
+
+
+def write_png(path: Path, seed: int = 0, size: tuple[int, int] = (40, 60)) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    """tmp/data/{train,val}/<label>/<n>.png: 3 train and 2 val labels, 2 images each."""
+    root = tmp_path / "data"
+    seed = 0
+    for split, labels in (("train", "abc"), ("val", "de")):
+        for label in labels:
+            for n in range(2):
+                write_png(root / split / label / f"{n}.png", seed)
+                seed += 1
+    return root

@@ -1,0 +1,73 @@
+import pytest
+import yaml
+
+from doctrain.config import load_config, validate_config
+from doctrain.errors import UserError
+from tests.conftest import ROOT
+
+
+def test_defaults_fill_every_section():
+    config = validate_config({})
+    assert config["optimizer"]["lr"] == 1e-3
+    assert config["onnx"]["dynamic_axes"] == {"img": {"0": "batch_size"}, "feats": {"0": "batch_size"}}
+    assert config["parity"]["max_abs_diff"] == 1e-5
+
+
+def test_unknown_key_is_named_with_its_path():
+    with pytest.raises(UserError, match=r"optimizer: Additional properties are not allowed \('lrr'"):
+        validate_config({"optimizer": {"lrr": 0.1}})
+
+
+def test_wrong_type_is_named_with_its_path():
+    # PyYAML reads 1e-3 (no dot) as a string: the schema must catch it.
+    with pytest.raises(UserError, match=r"optimizer\.lr: '1e-3' is not of type 'number'"):
+        validate_config(yaml.safe_load("optimizer: {lr: 1e-3}"))
+
+
+def test_onnx_shape_must_match_image_size():
+    with pytest.raises(UserError, match="does not match data.image_size 64"):
+        validate_config({"data": {"image_size": 64}})
+
+
+def test_dynamic_axis_must_name_a_tensor():
+    # The reference config keyed the output's dynamic axis 'output' while the output is 'feats'.
+    with pytest.raises(UserError, match="onnx.dynamic_axes.output names no input or output"):
+        validate_config({"onnx": {"dynamic_axes": {"img": {0: "b"}, "output": {0: "b"}}}})
+
+
+def test_every_shipped_config_is_valid():
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)
+
+
+def test_reference_config_is_the_recipe():
+    c = load_config(ROOT / "configs" / "lcnet050_cosface_96.yaml")
+    assert c["model"] | {} == {
+        "backbone": "lcnet_050",
+        "pretrained": False,
+        "weights": None,
+        "replace_components": True,
+        "embed_dim": 128,
+        "channels_last": False,
+    }
+    assert c["loss"] == {"name": "cosface", "s": 64.0, "m": 0.4}
+    assert c["optimizer"] == {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.1}
+    assert c["schedule"] == {"epochs": 20, "warmup_fraction": 0.1, "power": 1.0}
+    assert (c["data"]["batch_size"], c["data"]["samples_per_epoch"], c["data"]["image_size"]) == (
+        256,
+        256000,
+        96,
+    )
+    assert c["data"]["loader"]["num_workers"] == 16
+    assert c["trainer"]["gradient_clip_val"] == 5.0 and c["trainer"]["precision"] == "32"
+    assert c["onnx"]["input_shape"] == {"img": {"shape": [1, 3, 96, 96], "dtype": "float32"}}
+    assert (c["onnx"]["input_names"], c["onnx"]["output_names"]) == (["img"], ["feats"])
+    assert c["onnx"]["options"] == {"opset_version": 16, "verbose": False, "do_constant_folding": True}
+    arcface = load_config(ROOT / "configs" / "lcnet050_arcface_96.yaml")
+    assert arcface["loss"] == {"name": "arcface", "s": 64.0, "m": 0.4}
+    assert {k: v for k, v in arcface.items() if k != "loss"} == {k: v for k, v in c.items() if k != "loss"}
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")

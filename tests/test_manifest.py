@@ -1,0 +1,96 @@
+import hashlib
+
+import pandas as pd
+import pytest
+
+from doctrain import manifest
+from doctrain.errors import UserError
+from tests.conftest import write_png
+
+
+def test_build_and_validate_a_folder_tree(image_tree):
+    frame = manifest.build(image_tree)
+    assert set(frame.columns) == {"path", "label", "split"}
+    manifest.write(frame, image_tree / "manifest.csv")
+    table = manifest.validate(image_tree / "manifest.csv")
+    assert len(table) == 10
+    assert table.groupby("split")["label"].nunique().to_dict() == {"train": 3, "val": 2}
+    assert all(len(s) == 64 for s in table["sha256"])
+
+
+def test_without_split_column_some_labels_are_held_out(tmp_path):
+    rows = []
+    for i in range(40):
+        rows.append({"path": str(write_png(tmp_path / f"{i}.png", i)), "label": f"class{i}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    table = manifest.validate(tmp_path / "m.csv")
+    held = set(table.loc[table["split"] == "val", "label"])
+    assert 0 < len(held) < 40
+    assert held == set(manifest.validate(tmp_path / "m.csv").query("split == 'val'")["label"])
+
+
+def test_every_problem_is_listed_with_file_and_line(image_tree):
+    frame = manifest.build(image_tree)
+    good_sha = hashlib.sha256((image_tree / frame["path"][1]).read_bytes()).hexdigest()
+    (image_tree / "broken.png").write_bytes(b"not an image")
+    write_png(image_tree / "extra.png", seed=99)
+    frame["sha256"] = ""
+    frame.loc[1, "sha256"] = "0" * 64  # wrong digest
+    frame.loc[2, "sha256"] = good_sha[::-1]  # wrong file's digest
+    frame.loc[3, "label"] = ""
+    frame = pd.concat(
+        [
+            frame,
+            pd.DataFrame(
+                [
+                    {"path": "missing.png", "label": "a", "split": "train", "sha256": ""},
+                    {"path": "broken.png", "label": "a", "split": "train", "sha256": ""},
+                    {"path": frame["path"][0], "label": "a", "split": "train", "sha256": ""},
+                    {"path": "extra.png", "label": "b", "split": "test", "sha256": ""},
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
+    frame.to_csv(image_tree / "m.csv", index=False)
+    with pytest.raises(UserError) as caught:
+        manifest.validate(image_tree / "m.csv")
+    message = str(caught.value)
+    where = str(image_tree / "m.csv")
+    assert "7 manifest problem(s)" in message
+    assert f"{where}:3: sha256 mismatch" in message
+    assert f"{where}:4: sha256 mismatch" in message
+    assert f"{where}:5: empty label" in message
+    assert f"{where}:12: file {image_tree / 'missing.png'} does not exist" in message
+    assert f"{where}:13: file {image_tree / 'broken.png'} does not decode as an image" in message
+    assert f"{where}:14: duplicate path {frame['path'][0]} (first listed at {where}:2)" in message
+    assert f"{where}:15: split 'test' is not one of ['train', 'val']" in message
+
+
+def test_parquet_column_of_the_wrong_type(tmp_path):
+    write_png(tmp_path / "a.png")
+    pd.DataFrame({"path": ["a.png"], "label": [3]}).to_parquet(tmp_path / "m.parquet")
+    with pytest.raises(UserError, match="column 'label' must hold text, found int"):
+        manifest.validate(tmp_path / "m.parquet")
+
+
+def test_unknown_and_missing_columns(tmp_path):
+    pd.DataFrame({"file": ["a.png"], "label": ["x"]}).to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(UserError) as caught:
+        manifest.validate(tmp_path / "m.csv")
+    assert "required column 'path' is missing" in str(caught.value)
+    assert "unknown column(s) ['file']" in str(caught.value)
+
+
+def test_too_few_classes_in_a_split(image_tree):
+    frame = manifest.build(image_tree)
+    frame = frame[(frame["split"] == "train") | (frame["label"] == "d")]
+    manifest.write(frame, image_tree / "m.parquet")
+    with pytest.raises(UserError, match="split 'val' has 1 class"):
+        manifest.validate(image_tree / "m.parquet")
+
+
+def test_unsupported_manifest_format(tmp_path):
+    (tmp_path / "m.json").write_text("[]")
+    with pytest.raises(UserError, match="must be a .csv or .parquet"):
+        manifest.validate(tmp_path / "m.json")

@@ -1,0 +1,154 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from doctrain import cache, export, parity, synth
+from doctrain.config import validate_config
+from doctrain.errors import UserError
+from doctrain.fingerprint import stage_settings
+from doctrain.lit_module import EmbeddingModule
+from doctrain.manifest import validate
+from doctrain.model import EmbeddingNet
+from doctrain.training import save_checkpoint
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def config():
+    return validate_config(
+        {
+            "data": {"image_size": SIZE},
+            "model": {"embed_dim": 16},
+            "onnx": {"input_shape": {"img": {"shape": [1, 3, SIZE, SIZE], "dtype": "float32"}}},
+            "parity": {"val_images": 6, "random_inputs": 3, "batch_size": 3},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, config):
+    """A checkpoint of an untrained module (parity does not care about training) and a cache."""
+    root = tmp_path_factory.mktemp("model")
+    torch.manual_seed(0)
+    module = EmbeddingModule("lcnet_050", 16, num_classes=5)
+    save_checkpoint(module, root / "model.ckpt", {"epoch": 0})
+    settings = {
+        "seed": 1,
+        "train_templates": 2,
+        "val_templates": 3,
+        "photos_per_val_template": 2,
+        "width": 96,
+    }
+    synth.render_dataset(root / "data", settings).to_csv(root / "data" / "manifest.csv", index=False)
+    validate(root / "data" / "manifest.csv").to_parquet(root / "validated.parquet")
+    cache.run_stage(stage_settings(config, "prepare"), root / "validated.parquet", root / "cache")
+    return root
+
+
+def test_embeddings_are_unit_rows_and_hardswish_is_gone():
+    net = EmbeddingNet("lcnet_050", embed_dim=24).eval()
+    assert not any(isinstance(m, nn.Hardswish) for m in net.modules())
+    assert EmbeddingNet("lcnet_050", 24, replace_components=False).backbone is not None
+    feats = net(torch.rand(3, 3, 96, 96))
+    assert feats.shape == (3, 24)
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(3))
+
+
+def test_optimizer_exempts_only_biases_from_decay():
+    module = EmbeddingModule("lcnet_050", 8, num_classes=3, weight_decay=0.1)
+    decay, no_decay = module.configure_optimizers()["optimizer"].param_groups
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith(".bias") for p in no_decay["params"])
+    assert "margin.weight" in {names[id(p)] for p in decay["params"]}
+
+
+def test_checkpoint_rebuilds_its_model_strictly(trained):
+    module = export.load_trained(trained / "model.ckpt")
+    assert module.hparams.embed_dim == 16 and not module.training
+    payload = torch.load(trained / "model.ckpt", weights_only=False)
+    del payload["state_dict"]["net.head.1.weight"]
+    torch.save(payload, trained / "broken.ckpt")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        export.load_trained(trained / "broken.ckpt")
+
+
+def export_to(path, trained, config):
+    module = export.load_trained(trained / "model.ckpt")
+    meta = export.contract_metadata(stage_settings(config, "export"), 16, "unit")
+    export.export(stage_settings(config, "export"), module, path, meta)
+    return path
+
+
+def test_export_meets_the_consumer_contract(tmp_path, trained, config):
+    path = export_to(tmp_path / "m.onnx", trained, config)
+    assert not list(tmp_path.glob("*.data"))  # one self-contained file
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 16
+    assert [i.name for i in model.graph.input] == ["img"] and [o.name for o in model.graph.output] == [
+        "feats"
+    ]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
+    meta = export.read_metadata(path)
+    assert meta["preprocessing"]["channel_order"] == "BGR" and meta["embedding_dim"] == 16
+    assert parity.contract_problems(parity.session(path), image_size=SIZE) == []
+    feats = parity.session(path).run(["feats"], {"img": np.random.rand(5, 3, SIZE, SIZE).astype(np.float32)})[
+        0
+    ]
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+
+
+def test_parity_passes_for_a_faithful_export(tmp_path, trained, config):
+    path = export_to(tmp_path / "m.onnx", trained, config)
+    report = parity.verify(stage_settings(config, "verify"), trained / "model.ckpt", path, trained / "cache")
+    assert report["passed"], json.dumps(report, indent=1)
+    assert report["inputs"]["batch_sizes"] == [1, 3]
+    assert report["figures"]["val_images"]["batch_1"]["max_abs_diff"] < 1e-5
+
+
+def test_parity_fails_and_publishes_nothing_for_a_perturbed_export(tmp_path, trained, config):
+    path = export_to(tmp_path / "m.onnx", trained, config)
+    model = onnx.load(str(path))
+    weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[::7] += 1e-2
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, str(path))
+    published = tmp_path / "published.onnx"
+    with pytest.raises(UserError, match="failed parity verification and is not published: .*max abs diff"):
+        parity.run_stage(
+            stage_settings(config, "verify"),
+            trained / "model.ckpt",
+            path,
+            trained / "cache",
+            tmp_path / "parity.json",
+            tmp_path / "provenance.json",
+            published,
+        )
+    assert not published.exists() and not (tmp_path / "parity.json").exists()
+
+
+def test_contract_problems_name_the_mismatch(tmp_path):
+    class TwoOutputs(nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3)), x
+
+    path = tmp_path / "bad.onnx"
+    torch.onnx.export(
+        TwoOutputs(),
+        (torch.rand(1, 3, 8, 8),),
+        str(path),
+        input_names=["image"],
+        output_names=["embedding", "raw"],
+        dynamo=False,
+    )
+    problems = parity.contract_problems(parity.session(path))
+    assert "inputs are ['image'], the contract wants exactly ['img']" in problems
+    assert "outputs are ['embedding', 'raw'], the contract wants 'feats'" in problems

@@ -1,0 +1,166 @@
+"""The real workflow, run by the real snakemake in temporary copies of the checkout.
+
+The rerun table of the incremental-rebuild issue: after a complete smoke build, each change must
+make `snakemake -n` plan exactly the stages that read what changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_workflow, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+TARGET = "results/smoke.onnx"
+AFTER_VALIDATE = {"validate", "prepare", "train", "export", "verify"}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    workdir = copy_workflow(tmp_path_factory.mktemp("first") / "doctrain")
+    result = snakemake(workdir, TARGET)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def plan(workdir: Path) -> set[str]:
+    return set(planned_jobs(snakemake(workdir, "-n", TARGET)))
+
+
+def test_smoke_build_publishes_a_verified_model(built):
+    results = built / "results"
+    assert (results / "smoke.onnx").is_file()
+    report = json.loads((results / "smoke" / "parity.json").read_text())
+    assert report["passed"] and all(c["passed"] for c in report["checks"])
+    metrics = json.loads((results / "smoke" / "metrics.json").read_text())
+    assert 0 <= metrics["val"]["auroc"] <= 1 and metrics["selected"]["monitor"] == "val/auroc"
+    for name in ("train_log.csv", "roc.png", "training_curves.png", "model.ckpt", "provenance.json"):
+        assert (results / "smoke" / name).stat().st_size > 0
+    provenance = json.loads((results / "smoke" / "provenance.json").read_text())
+    assert set(provenance["versions"]) == {"torch", "timm", "lightning", "onnx", "onnxruntime"}
+    for key in ("config_sha256", "code_sha256", "dataset_sha256", "state_dict_sha256"):
+        assert len(provenance[key]) == 64
+    assert plan(built) == set()
+
+
+def test_reference_config_plans_the_whole_chain(tmp_path):
+    workdir = copy_workflow(tmp_path / "doctrain")
+    jobs = planned_jobs(snakemake(workdir, "-n", "results/lcnet050_cosface_96.onnx"))
+    assert set(jobs) == {"synth", "dataset_fingerprint"} | AFTER_VALIDATE
+
+
+def _edit_config(workdir: Path, dotted: str, value) -> None:
+    path = workdir / "configs" / "smoke.yaml"
+    config = yaml.safe_load(path.read_text())
+    node = config
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    path.write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture
+def restore(built):
+    """Undo a test's edits to the checkout (configs, code, data) after it."""
+    saved = {p: p.read_bytes() for p in (built / "configs").glob("*.yaml")}
+    saved |= {p: p.read_bytes() for p in (built / "src" / "doctrain").glob("*.py")}
+    data = built / "data" / "synth" / "smoke"
+    shutil.copytree(data, built.parent / "data-backup", dirs_exist_ok=True)
+    yield built
+    for path, content in saved.items():
+        if path.read_bytes() != content:
+            path.write_bytes(content)
+    shutil.rmtree(data)
+    shutil.copytree(built.parent / "data-backup", data)
+    assert plan(built) == set(), "restoring the checkout must make the build current again"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("onnx.options.opset_version", 17, {"export", "verify"}),
+        ("parity.max_abs_diff", 2.0e-5, {"verify"}),
+        ("optimizer.lr", 3.0e-3, {"train", "export", "verify"}),
+        ("data.image_size", 48, {"prepare", "train", "export", "verify"}),
+    ],
+)
+def test_config_change_reruns_the_stages_that_read_it(restore, key, value, expected):
+    _edit_config(restore, key, value)
+    if key == "data.image_size":
+        _edit_config(restore, "onnx.input_shape", {"img": {"shape": [1, 3, 48, 48], "dtype": "float32"}})
+    assert plan(restore) == expected
+
+
+def test_reformatted_yaml_with_reordered_keys_changes_nothing(restore):
+    path = restore / "configs" / "smoke.yaml"
+    config = yaml.safe_load(path.read_text())
+    reordered = dict(reversed(list(config.items())))
+    path.write_text(
+        "# reformatted\n" + yaml.safe_dump(reordered, sort_keys=False, default_flow_style=False, indent=4)
+    )
+    assert plan(restore) == set()
+
+
+def test_added_manifest_row_reruns_validation_and_after(restore):
+    manifest = restore / "data" / "synth" / "smoke" / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    first = lines[1].split(",")
+    shutil.copy(manifest.parent / first[0], manifest.parent / "extra.png")
+    manifest.write_text("\n".join([*lines, f"extra.png,{first[1]},{first[2]},"]) + "\n")
+    assert plan(restore) == AFTER_VALIDATE
+
+
+def test_image_bytes_changed_in_place_rerun_validation_and_after(restore):
+    manifest = restore / "data" / "synth" / "smoke" / "manifest.csv"
+    image = manifest.parent / manifest.read_text().splitlines()[1].split(",")[0]
+    stat = image.stat()
+    content = bytearray(image.read_bytes())
+    content[-20] ^= 0xFF  # inside the PNG's last chunk
+    image.write_bytes(bytes(content))
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its old mtime restored
+    assert plan(restore) == AFTER_VALIDATE
+
+
+def _edit_module(workdir: Path, module: str, old: str, new: str) -> None:
+    path = workdir / "src" / "doctrain" / f"{module}.py"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_model_code_change_reruns_training_and_after(restore):
+    _edit_module(restore, "model", "features.mean(dim=(2, 3))", "features.mean(dim=(3, 2))")
+    assert plan(restore) == {"train", "export", "verify"}
+
+
+def test_export_code_change_reruns_export_and_verify(restore):
+    _edit_module(
+        restore,
+        "export",
+        'model.producer_name, model.doc_string = "doctrain"',
+        'model.producer_name, model.doc_string = "doctrain-exporter"',
+    )
+    assert plan(restore) == {"export", "verify"}
+
+
+def test_comment_and_docstring_edits_change_nothing(restore):
+    _edit_module(restore, "model", '"""The embedding network', '"""The embedding network (edited)')
+    _edit_module(restore, "training", "def train(", "# a new comment\ndef train(")
+    assert plan(restore) == set()
+
+
+def test_touching_every_file_changes_nothing(restore):
+    files = [p for p in restore.rglob("*") if p.is_file() and ".snakemake" not in p.parts]
+    random.Random(0).shuffle(files)  # in no particular order: outputs may end up older than inputs
+    now = time.time_ns()
+    for offset, path in enumerate(files):
+        os.utime(path, ns=(now + offset * 1_000_000, now + offset * 1_000_000))
+    assert plan(restore) == set()
