@@ -164,3 +164,37 @@ def test_touching_every_file_changes_nothing(restore):
     for offset, path in enumerate(files):
         os.utime(path, ns=(now + offset * 1_000_000, now + offset * 1_000_000))
     assert plan(restore) == set()
+
+
+def test_two_clean_builds_in_different_directories_are_byte_identical(built, tmp_path):
+    second = copy_workflow(tmp_path / "elsewhere" / "checkout")
+    result = snakemake(second, TARGET)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first_onnx = (built / TARGET).read_bytes()
+    assert (second / TARGET).read_bytes() == first_onnx
+    provenance = [json.loads((d / "results/smoke/provenance.json").read_text()) for d in (built, second)]
+    assert provenance[0]["state_dict_sha256"] == provenance[1]["state_dict_sha256"]
+    assert (second / "results/smoke/model.ckpt").read_bytes() == (built / "results/smoke/model.ckpt").read_bytes()
+    assert str(built).encode() not in first_onnx and str(second).encode() not in first_onnx
+
+
+def test_a_perturbed_export_fails_verification_and_is_not_published(built):
+    onnx_path = built / "results/smoke/model.unverified.onnx"
+    original = onnx_path.read_bytes()
+    try:
+        import onnx
+
+        model = onnx.load(str(onnx_path))
+        weight = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+        array = onnx.numpy_helper.to_array(weight).copy()
+        array.flat[::5] *= 1.01
+        weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+        onnx.save(model, str(onnx_path))
+        result = snakemake(built, "--forcerun", "verify", TARGET)
+        assert result.returncode != 0
+        assert "failed parity verification and is not published" in result.stdout + result.stderr
+        assert not (built / TARGET).exists()
+    finally:
+        onnx_path.write_bytes(original)
+        assert snakemake(built, TARGET).returncode == 0
+    assert (built / TARGET).exists()
