@@ -40,6 +40,7 @@ def trained(tmp_path_factory, config):
     settings = {
         "seed": 1,
         "train_templates": 2,
+        "instances_per_train_template": 1,
         "val_templates": 3,
         "photos_per_val_template": 2,
         "width": 96,

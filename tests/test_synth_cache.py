@@ -4,7 +4,14 @@ import pandas as pd
 from doctrain import cache, synth
 from doctrain.manifest import validate
 
-SETTINGS = {"seed": 3, "train_templates": 4, "val_templates": 2, "photos_per_val_template": 2, "width": 96}
+SETTINGS = {
+    "seed": 3,
+    "train_templates": 4,
+    "instances_per_train_template": 1,
+    "val_templates": 2,
+    "photos_per_val_template": 2,
+    "width": 96,
+}
 
 
 def test_synth_is_deterministic_and_zero_shot(tmp_path):

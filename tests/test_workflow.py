@@ -174,7 +174,9 @@ def test_two_clean_builds_in_different_directories_are_byte_identical(built, tmp
     assert (second / TARGET).read_bytes() == first_onnx
     provenance = [json.loads((d / "results/smoke/provenance.json").read_text()) for d in (built, second)]
     assert provenance[0]["state_dict_sha256"] == provenance[1]["state_dict_sha256"]
-    assert (second / "results/smoke/model.ckpt").read_bytes() == (built / "results/smoke/model.ckpt").read_bytes()
+    assert (second / "results/smoke/model.ckpt").read_bytes() == (
+        built / "results/smoke/model.ckpt"
+    ).read_bytes()
     assert str(built).encode() not in first_onnx and str(second).encode() not in first_onnx
 
 

@@ -240,9 +240,11 @@ def refresh_dataset_fingerprints(targets: dict[str, str]) -> None:
     manifest or a listed file changed: an mtime-only change leaves the file, and Snakemake's checksum
     of it, as they were. Missing files are left to the workflow rule that makes them."""
     cache = HashCache(HASH_CACHE)
+    texts: dict[str, str | None] = {}  # experiments often share a manifest: hash it once
     for target, manifest in targets.items():
         if Path(target).exists():
-            text = dataset_fingerprint(manifest, cache)
-            if text is not None:
-                _io.write_if_changed(target, text)
+            if manifest not in texts:
+                texts[manifest] = dataset_fingerprint(manifest, cache)
+            if texts[manifest] is not None:
+                _io.write_if_changed(target, texts[manifest])
     cache.save()

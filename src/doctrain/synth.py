@@ -268,7 +268,7 @@ def render_dataset(out_dir: str | Path, settings: dict) -> pd.DataFrame:
     n_train, n_val = settings["train_templates"], settings["val_templates"]
     photos = settings["photos_per_val_template"]
     rows = []
-    jobs = [("train", i, 0) for i in range(n_train)]
+    jobs = [("train", i, k) for i in range(n_train) for k in range(settings["instances_per_train_template"])]
     jobs += [("val", i, k) for i in range(n_val) for k in range(photos)]
     for split, index, copy in tqdm(jobs, desc="synth: rendering documents", unit="img", mininterval=1):
         template_seed = seed * 1_000_003 + (index if split == "train" else 500_000 + index)

@@ -1,0 +1,109 @@
+"""No-op planning benchmark: is content hashing cheap enough to run on every invocation?
+
+Builds, in a temporary copy of the workflow, 20 experiment configs over one generated manifest of
+100,000 small images, makes each experiment's dataset fingerprint for real (this hashes every image
+once), then times, side by side and alternating:
+  trivial    `snakemake -n` of a one-rule Snakefile (Snakemake's own start-up);
+  no-op      `snakemake -n` of the 20 fingerprint targets: every config validated, every stage's
+             code digested, and the 100,000 files stat-ed against the hash cache; nothing to do.
+  plan all   `snakemake -n` of the 20 ONNX targets: the same, plus planning 120 jobs.
+Prints a table with medians and the ratio no-op / trivial (target: no-op <= 3 s and <= 2x).
+
+    python scripts/bench_noop.py [--images 100000] [--experiments 20] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.conftest import copy_workflow  # noqa: E402
+
+TRIVIAL = 'rule all:\n    output: "trivial.txt"\n    shell: "touch {output}"\n'
+
+
+def make_dataset(root: Path, images: int) -> Path:
+    """Tiny distinct PNG-signature files (content hashing cost depends on count, not on pixels)."""
+    rng = np.random.default_rng(0)
+    lines = ["path,label,split"]
+    for i in tqdm(range(images), desc="bench: writing files", unit="file", mininterval=1):
+        rel = f"img/{i // 1000:03d}/{i:06d}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rng.bytes(64))
+        label = i % 2000
+        lines.append(f"{rel},c{label},{'val' if label % 5 == 0 else 'train'}")
+    manifest = root / "manifest.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def run(cmd: list[str], cwd: Path) -> float:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="doctrain-bench-") as tmp:
+        tmp = Path(tmp)
+        workdir = copy_workflow(tmp / "workflow")
+        for path in (workdir / "configs").glob("*.yaml"):
+            path.unlink()
+        manifest = make_dataset(tmp / "data", args.images)
+        base = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("configs/smoke.yaml").read_text())
+        base["data"].pop("synth")
+        base["data"]["manifest"] = str(manifest)
+        for i in range(args.experiments):
+            base["optimizer"]["lr"] = 1.0e-3 * (i + 1)
+            (workdir / "configs" / f"exp{i:02d}.yaml").write_text(yaml.safe_dump(base))
+        trivial = tmp / "trivial"
+        trivial.mkdir()
+        (trivial / "Snakefile").write_text(TRIVIAL)
+
+        snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
+        fingerprints = [f"results/exp{i:02d}/dataset.fingerprint.json" for i in range(args.experiments)]
+        onnx = [f"results/exp{i:02d}.onnx" for i in range(args.experiments)]
+        started = time.perf_counter()
+        run([*snakemake, *fingerprints], workdir)
+        first = time.perf_counter() - started
+
+        times: dict[str, list[float]] = {"trivial": [], "no-op": [], "plan all": []}
+        for _ in range(args.repeats):
+            times["trivial"].append(run([*snakemake, "-n"], trivial))
+            times["no-op"].append(run([*snakemake, "-n", *fingerprints], workdir))
+            times["plan all"].append(run([*snakemake, "-n", *onnx], workdir))
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(
+        f"\n{args.experiments} experiments over {args.images:,} images; first fingerprinting "
+        f"(hashes every file, {args.experiments} jobs): {first:.1f} s; medians of {args.repeats} runs\n"
+    )
+    print("| invocation | median s | min s | × trivial |")
+    print("|---|---|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | {median[name]:.2f} | {min(values):.2f} | {median[name] / median['trivial']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+import shutil
+
+import pytest
+import torch
+
+from doctrain import export
+from doctrain.cli import main
+from doctrain.config import validate_config
+from doctrain.fingerprint import stage_settings
+from doctrain.lit_module import EmbeddingModule
+from doctrain.parity import top1_agreement
+from tests.conftest import write_png
+
+
+def test_manifest_build_then_check(image_tree, capsys):
+    assert main(["manifest", "build", str(image_tree), "-o", str(image_tree / "m.csv")]) == 0
+    assert main(["manifest", "check", str(image_tree / "m.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "10 images, 5 labels" in out and "train: 6 images, 3 classes" in out
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
+    assert main(["manifest", "check", str(tmp_path / "absent.csv")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("doctrain: error: manifest ") and "Traceback" not in err
+
+
+def test_stage_without_settings_names_the_keys_it_needs(capsys):
+    args = [
+        "export",
+        "--checkpoint",
+        "c",
+        "--train-stamp",
+        "s",
+        "--validation-report",
+        "r",
+        "--out",
+        "o",
+        "--stamp",
+        "t",
+        "--name",
+        "n",
+        "--lineage",
+        "{}",
+    ]
+    assert main(args) == 1
+    assert "give --config FILE or --settings JSON (keys: onnx)" in capsys.readouterr().err
+
+
+@pytest.fixture
+def exported(tmp_path):
+    torch.manual_seed(0)
+    config = validate_config({"model": {"embed_dim": 16}})
+    module = EmbeddingModule("lcnet_050", 16, num_classes=3).eval()
+    settings = stage_settings(config, "export")
+    path = tmp_path / "model.onnx"
+    export.export(settings, module, path, export.contract_metadata(settings, 16, "unit"))
+    return path
+
+
+def test_classify_registers_templates_and_matches(exported, tmp_path, capsys):
+    templates = tmp_path / "templates"
+    for n, name in enumerate(("passport", "licence", "invoice")):
+        write_png(templates / f"{name}.png", seed=n, size=(96, 128))
+    shutil.copy(templates / "licence.png", tmp_path / "query.png")
+    assert main(["classify", str(exported), "--register", str(templates), str(tmp_path / "query.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split("\t")[1] == "licence" and float(line.split("\t")[2]) == pytest.approx(1.0, abs=1e-5)
+    assert (
+        main(
+            [
+                "classify",
+                str(exported),
+                "--register",
+                str(templates),
+                "--threshold",
+                "1.0",
+                str(tmp_path / "query.png"),
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.strip().split("\t")[1] == "(none)"  # strict: a score must exceed it
+
+
+def test_provenance_prints_the_contract(exported, capsys):
+    assert main(["provenance", str(exported)]) == 0
+    out = capsys.readouterr().out
+    assert "channel_order: BGR" in out and "embedding_dim: 16" in out
+
+
+def test_top1_agreement_counts_swapped_neighbours():
+    feats = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=1
+    )
+    same = feats.numpy()
+    swapped = same[[0, 2, 1, 3]]  # rows 1 and 2 trade places: their nearest neighbours change
+    assert top1_agreement(same, same) == 1.0
+    assert top1_agreement(same, swapped) < 1.0
