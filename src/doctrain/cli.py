@@ -72,7 +72,17 @@ def _run_stage(args: argparse.Namespace) -> None:
     paths = {name: getattr(args, name) for name in STAGE_IO[stage]}
     if "lineage" in paths:
         paths["lineage"] = json.loads(paths["lineage"])
-    importlib.import_module(STAGES[stage].module).run_stage(_stage_settings(args, stage), **paths)
+    settings = _stage_settings(args, stage)
+    if stage == "train":
+        from doctrain._io import sha256_text
+        from doctrain.config import canonical_json
+        from doctrain.fingerprint import code_json, environment_digest
+
+        # Resuming is safe only into the very same training: settings, code, software and input.
+        cache_summary = (Path(args.cache_dir) / "summary.json").read_text()
+        key = canonical_json([settings, code_json(stage), environment_digest(), cache_summary])
+        paths["resume_key"] = sha256_text(key)
+    importlib.import_module(STAGES[stage].module).run_stage(settings, **paths)
 
 
 def _manifest_build(args: argparse.Namespace) -> None:

@@ -57,8 +57,15 @@ STAGES = {
 MODEL_STAGES = ("synth", "validate", "prepare", "train", "export")
 
 
+def _flatten(prefix: str, value) -> dict:
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flatten(f"{prefix}.{key}", sub).items()}
+    return {prefix: value}
+
+
 def _dotted_settings(config: dict, stage: str) -> dict:
-    return {key: get_key(config, key) for key in STAGES[stage].keys}
+    """The stage's settings, one entry per leaf (`optimizer.lr`, not the whole `optimizer` block)."""
+    return {k: v for key in STAGES[stage].keys for k, v in _flatten(key, get_key(config, key)).items()}
 
 
 def settings_json(config: dict, stage: str) -> str:

@@ -46,11 +46,29 @@ def build_module(settings: dict, num_classes: int, steps_per_epoch: int) -> Embe
     )
 
 
-def train(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str = "model") -> dict:
-    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures."""
-    work_dir = Path(work_dir)
+def _resumable(work_dir: Path, resume_key: str) -> Path | None:
+    """The last epoch checkpoint of an interrupted run of exactly this training, if there is one.
+    Anything else in the work folder is stale and is removed, so it cannot be picked as "best"."""
+    last, key_file = work_dir / "checkpoints" / "last.ckpt", work_dir / "resume-key.txt"
+    if last.exists() and key_file.exists() and key_file.read_text() == resume_key:
+        return last
     if work_dir.exists():
-        shutil.rmtree(work_dir)  # a stale run's checkpoints must not be picked as "best"
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True)
+    key_file.write_text(resume_key)
+    return None
+
+
+def train(
+    settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str = "model", resume_key: str = ""
+) -> dict:
+    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures.
+
+    Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
+    outputs), so a rerun with the same `resume_key` (settings, code, input) resumes from the last
+    finished epoch; everything training draws is seeded per epoch, so it ends at the same weights."""
+    work_dir = Path(work_dir)
+    resume_from = _resumable(work_dir, resume_key)
     L.seed_everything(settings["seed"], workers=True, verbose=False)
     trainer_cfg = settings["trainer"]
     if trainer_cfg["threads"]:
@@ -84,7 +102,9 @@ def train(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str
         default_root_dir=work_dir,
     )
     started = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
+    if resume_from:
+        print(f"resuming from {resume_from} (a previous run of this training was interrupted)")
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
 
     selected = EmbeddingModule.load_from_checkpoint(best.best_model_path, map_location="cpu", strict=True)
@@ -136,8 +156,9 @@ def run_stage(
     roc_png: str | Path,
     curves_png: str | Path,
     name: str,
+    resume_key: str,
 ) -> None:
-    result = train(settings, cache_dir, work_dir, name)
+    result = train(settings, cache_dir, work_dir, name, resume_key)
     selection = {
         "epoch": result["selected_epoch"],
         "monitor": "val/auroc",
