@@ -63,10 +63,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--experiments", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (to profile)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="doctrain-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="doctrain-bench-") as scratch:
+        tmp = args.keep or Path(scratch)
         workdir = copy_workflow(tmp / "workflow")
         for path in (workdir / "configs").glob("*.yaml"):
             path.unlink()

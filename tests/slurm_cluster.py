@@ -24,7 +24,11 @@ def available() -> str | None:
     if os.geteuid() != 0:
         return "the test cluster runs its daemons as root"
     missing = [d for d in (*DAEMONS, "sacctmgr", "sbatch", "mariadb-install-db") if not shutil.which(d)]
-    return f"not installed: {', '.join(missing)} (apt-get install slurm-wlm slurmdbd munge mariadb-server)" if missing else None
+    return (
+        f"not installed: {', '.join(missing)} (apt-get install slurm-wlm slurmdbd munge mariadb-server)"
+        if missing
+        else None
+    )
 
 
 def _free_port() -> int:
@@ -77,18 +81,41 @@ class Cluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         self.socket = self.root / "munge" / "munge.socket"
-        self._daemon("munged", "--foreground", "--force", f"--key-file={key}", f"--socket={self.socket}",
-                     f"--pid-file={self.root / 'run' / 'munged.pid'}", f"--log-file={self.log / 'munged.log'}",
-                     f"--seed-file={self.root / 'munge' / 'seed'}")
+        self._daemon(
+            "munged",
+            "--foreground",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={self.socket}",
+            f"--pid-file={self.root / 'run' / 'munged.pid'}",
+            f"--log-file={self.log / 'munged.log'}",
+            f"--seed-file={self.root / 'munge' / 'seed'}",
+        )
         _wait(self.socket.exists, "munged")
 
     def _start_mariadb(self) -> int:
         data, port = self.root / "db", _free_port()
-        subprocess.run(["mariadb-install-db", "--user=root", f"--datadir={data}", "--auth-root-authentication-method=normal"],
-                       capture_output=True, check=True, timeout=120)
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--user=root",
+                f"--datadir={data}",
+                "--auth-root-authentication-method=normal",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
         self.db_socket = self.root / "run" / "mysqld.sock"
-        self._daemon("mariadbd", "--user=root", f"--datadir={data}", f"--socket={self.db_socket}",
-                     f"--port={port}", "--bind-address=127.0.0.1", f"--pid-file={self.root / 'run' / 'mysqld.pid'}")
+        self._daemon(
+            "mariadbd",
+            "--user=root",
+            f"--datadir={data}",
+            f"--socket={self.db_socket}",
+            f"--port={port}",
+            "--bind-address=127.0.0.1",
+            f"--pid-file={self.root / 'run' / 'mysqld.pid'}",
+        )
         _wait(self.db_socket.exists, "mariadbd")
         return port
 
@@ -117,7 +144,8 @@ class Cluster:
             f"SlurmctldLogFile={self.log}/slurmctld.log\nSlurmdLogFile={self.log}/slurmd.log\n"
             f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={node['CPUs']} Boards={node.get('Boards', 1)} "
             f"SocketsPerBoard={node['SocketsPerBoard']} CoresPerSocket={node['CoresPerSocket']} "
-            f"ThreadsPerCore={node['ThreadsPerCore']} RealMemory={node['RealMemory']} Gres=gpu:1 State=UNKNOWN\n"
+            f"ThreadsPerCore={node['ThreadsPerCore']} RealMemory={node['RealMemory']} "
+            "Gres=gpu:1 State=UNKNOWN\n"
             f"PartitionName={PARTITION} Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n"
         )
         (self.etc / "gres.conf").write_text("NodeName=localhost Name=gpu File=/dev/null\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -38,6 +39,11 @@ def _with_defaults(validator_class):
 _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 
+@functools.cache
+def _config_validator() -> jsonschema.protocols.Validator:
+    return _Validator(load_schema("config.schema.yaml"))
+
+
 def _stringify_int_keys(value: Any) -> Any:
     # YAML reads `{0: batch_size}` (the reference format of dynamic_axes) with an int key; JSON
     # Schema and JSON only know string keys.
@@ -57,7 +63,7 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     if raw is None:
         raw = {}
     config = _stringify_int_keys(copy.deepcopy(raw))
-    errors = sorted(_Validator(load_schema("config.schema.yaml")).iter_errors(config), key=_key_path)
+    errors = sorted(_config_validator().iter_errors(config), key=_key_path)
     if errors:
         lines = [f"{_key_path(e)}: {e.message}" for e in errors]
         raise UserError(f"{source} is not a valid doctrain config: " + "; ".join(lines))

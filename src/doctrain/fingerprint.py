@@ -10,10 +10,12 @@ digest of the manifest and every image it lists, cached by file identity so no-o
 from __future__ import annotations
 
 import ast
+import csv
 import functools
 import hashlib
 import os
 import pickle
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,11 +172,13 @@ class HashCache:
             self.entries = {}
 
     def sha256(self, path: str | Path) -> str | None:
-        """The file's digest, or None when it does not exist."""
+        """The file's digest, or None when there is no regular file at `path`."""
         key = os.fspath(path)
         try:
             st = os.stat(key)
         except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
             return None
         identity = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
         cached = self.entries.get(key)
@@ -193,18 +197,34 @@ class HashCache:
             self.dirty = False
 
 
+def _listed_paths(manifest: Path) -> list[str]:
+    """The files a manifest lists, resolved against its folder ([] when it cannot be read: the
+    validation stage reports why). Kept free of pandas: it runs on every Snakemake invocation."""
+    try:
+        if manifest.suffix.lower() == ".csv":
+            with open(manifest, newline="") as handle:
+                paths = [row.get("path") or "" for row in csv.DictReader(handle)]
+        else:
+            import pyarrow.parquet as pq
+
+            paths = [str(p) for p in pq.read_table(manifest, columns=["path"]).column("path").to_pylist()]
+    except (OSError, ValueError, KeyError, csv.Error):
+        return []
+    # os.path rather than pathlib: this runs for every listed file on every invocation.
+    parent = os.fspath(manifest.parent)
+    return [os.path.join(parent, p) for p in paths]
+
+
 def dataset_digest(manifest: str | Path, cache: HashCache) -> dict | None:
     """Digest of the manifest and of every file it lists (None when the manifest does not exist yet).
     Unreadable manifests still get a digest of their bytes: the validation stage reports them."""
-    from doctrain.manifest import read_paths
-
     manifest = Path(manifest)
     manifest_sha = cache.sha256(manifest)
     if manifest_sha is None:
         return None
     combined = hashlib.sha256(manifest_sha.encode())
     files = 0
-    for path in read_paths(manifest):
+    for path in _listed_paths(manifest):
         combined.update(f"{path}\0{cache.sha256(path)}\n".encode())
         files += 1
     return {

@@ -53,17 +53,6 @@ def resolve(manifest: str | Path, path: str) -> Path:
     return path if path.is_absolute() else Path(manifest).parent / path
 
 
-def read_paths(manifest: str | Path) -> list[Path]:
-    """The files a manifest lists, resolved (used to fingerprint the dataset; [] if unreadable)."""
-    try:
-        frame = read_table(manifest)
-    except UserError:
-        return []
-    if "path" not in frame.columns:
-        return []
-    return [resolve(manifest, str(p)) for p in frame["path"]]
-
-
 def _where(manifest: Path, row: int) -> str:
     # CSV users look for a line number (header is line 1); Parquet users for a row index.
     if manifest.suffix.lower() == ".csv":

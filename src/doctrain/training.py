@@ -6,6 +6,7 @@ weights, and `EmbeddingModule.load_from_checkpoint` rebuilds the model from it a
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -141,8 +142,12 @@ def save_checkpoint(module: EmbeddingModule, path: str | Path, extra: dict) -> N
         "pytorch-lightning_version": L.__version__,
         "doctrain": extra,
     }
+    # Saved through a buffer: torch names the archive inside the file after the file it writes to,
+    # and the temporary name would make the bytes differ from build to build.
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with _io.atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def run_stage(
