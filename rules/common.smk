@@ -41,6 +41,20 @@ def code(stage):
 ENVIRONMENT = fingerprint.environment_digest()
 
 
+def train_cpus(w):
+    """The training process and its loader workers."""
+    return EXPERIMENTS[w.exp]["data"]["loader"]["num_workers"] + 1
+
+
+def train_mem_mb(w):
+    """Host memory for training: the process (torch, the memory-mapped cache's hot pages) plus,
+    per loader worker, its own interpreter and the batches it keeps prefetched."""
+    data = EXPERIMENTS[w.exp]["data"]
+    batch_mb = data["batch_size"] * 3 * data["image_size"] ** 2 * 4 / 2**20
+    per_worker = 600 + batch_mb * data["loader"]["prefetch_factor"]
+    return int(4000 + data["loader"]["num_workers"] * per_worker)
+
+
 def manifest(w):
     return EXPERIMENTS[w.exp]["data"]["manifest"]
 

@@ -25,6 +25,8 @@ rule train:
     threads: 2
     resources:
         gpu=1,
+        cpus_per_gpu=train_cpus,
+        mem_mb=train_mem_mb,
     shell:
         "OMP_NUM_THREADS={threads} {DOCTRAIN} train --settings {params.settings:q}"
         " --cache-dir results/{wildcards.exp}/cache --work-dir results/{wildcards.exp}/work/train"

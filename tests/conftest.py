@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGET = "results/smoke.onnx"
 WORKFLOW_PARTS = ("Snakefile", "rules", "configs", "schemas", "src", "envs", "profiles")
 
 
@@ -77,3 +78,18 @@ def image_tree(tmp_path: Path) -> Path:
                 write_png(root / split / label / f"{n}.png", seed)
                 seed += 1
     return root
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> Path:
+    """A complete local smoke build in a copy of the workflow (tests that edit it restore it)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("first") / "doctrain")
+    result = snakemake(workdir, TARGET)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+    # The cluster tests go last: they install and start system services, and nothing after them
+    # should run beside a cluster being torn down.
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
 ACCOUNT, PARTITION, CLUSTER = "doctrain", "debug", "doctrain"
+SYSTEM_CONFIG = Path("/etc/slurm")
 
 
 def available() -> str | None:
@@ -51,6 +52,7 @@ class Cluster:
         self.root = root
         self.etc, self.log = root / "etc", root / "log"
         self.processes: list[subprocess.Popen] = []
+        self.links: list[Path] = []
         self.env = dict(os.environ, SLURM_CONF=str(self.etc / "slurm.conf"))
 
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -66,7 +68,8 @@ class Cluster:
         self._start_munge()
         db_port = self._start_mariadb()
         self._write_configs(db_port)
-        self._daemon("slurmdbd", "-D", "-f", str(self.etc / "slurmdbd.conf"))
+        self._link_system_config()
+        self._daemon("slurmdbd", "-D")  # reads slurmdbd.conf beside $SLURM_CONF
         _wait(lambda: self.run("sacctmgr", "-n", "list", "cluster", check=False).returncode == 0, "slurmdbd")
         self.run("sacctmgr", "-i", "add", "cluster", CLUSTER)
         self.run("sacctmgr", "-i", "add", "account", ACCOUNT, "Cluster=" + CLUSTER)
@@ -80,7 +83,9 @@ class Cluster:
         key = self.root / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
-        self.socket = self.root / "munge" / "munge.socket"
+        # The default socket: the accounting client commands look nowhere else.
+        self.socket = Path("/run/munge/munge.socket.2")
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
         self._daemon(
             "munged",
             "--foreground",
@@ -122,7 +127,7 @@ class Cluster:
     def _write_configs(self, db_port: int) -> None:
         hardware = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
         node = dict(f.split("=", 1) for f in hardware.split("\n")[0].split() if "=" in f)
-        auth = f"AuthType=auth/munge\nAuthInfo=socket={self.socket}\n"
+        auth = "AuthType=auth/munge\n"
         ports = (_free_port(), _free_port(), _free_port())
         (self.etc / "slurmdbd.conf").write_text(
             f"{auth}DbdHost=localhost\nDbdPort={ports[2]}\nSlurmUser=root\n"
@@ -139,6 +144,7 @@ class Cluster:
             "MinJobAge=300\nSchedulerType=sched/backfill\nJobAcctGatherType=jobacct_gather/none\n"
             f"AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\n"
             f"AccountingStoragePort={ports[2]}\nAccountingStorageTRES=gres/gpu\n"
+            "AccountingStoreFlags=job_comment\n"
             f"StateSaveLocation={self.root}/spool/ctld\nSlurmdSpoolDir={self.root}/spool/d\n"
             f"SlurmctldPidFile={self.root}/run/slurmctld.pid\nSlurmdPidFile={self.root}/run/slurmd.pid\n"
             f"SlurmctldLogFile={self.log}/slurmctld.log\nSlurmdLogFile={self.log}/slurmd.log\n"
@@ -150,7 +156,22 @@ class Cluster:
         )
         (self.etc / "gres.conf").write_text("NodeName=localhost Name=gpu File=/dev/null\n")
 
+    def _link_system_config(self) -> None:
+        # Job steps inside a batch job (srun, as Snakemake's job-step executor runs them) are not
+        # given $SLURM_CONF by slurmd and look in the default place: point it at this cluster.
+        for name in ("slurm.conf", "gres.conf"):
+            system = SYSTEM_CONFIG / name
+            if system.is_symlink() and str(self.root) not in os.readlink(system):
+                system.unlink()  # left behind by an earlier test cluster
+            if system.exists():
+                raise RuntimeError(f"{system} exists: this machine has a SLURM of its own, not touching it")
+            system.parent.mkdir(parents=True, exist_ok=True)
+            system.symlink_to(self.etc / name)
+            self.links.append(system)
+
     def stop(self) -> None:
+        for link in self.links:
+            link.unlink(missing_ok=True)
         for process in reversed(self.processes):
             process.send_signal(signal.SIGTERM)
         for process in reversed(self.processes):

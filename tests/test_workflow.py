@@ -15,19 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_workflow, planned_jobs, snakemake
+from tests.conftest import TARGET, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
-TARGET = "results/smoke.onnx"
 AFTER_VALIDATE = {"validate", "prepare", "train", "export", "verify"}
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
-    workdir = copy_workflow(tmp_path_factory.mktemp("first") / "doctrain")
-    result = snakemake(workdir, TARGET)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir
 
 
 def plan(workdir: Path) -> set[str]:
