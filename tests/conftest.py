@@ -28,14 +28,24 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run the real snakemake of this environment in `workdir` (python on PATH is this one)."""
-    env = dict(os.environ)
+def snakemake_env(**extra: str) -> dict[str, str]:
+    """This environment, with its python first on PATH (the rules call `python -m doctrain`)."""
+    env = dict(os.environ, **extra)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+SNAKEMAKE = (sys.executable, "-m", "snakemake", "--cores", "2")
+
+
+def snakemake(
+    workdir: Path, *args: str, timeout: int = 900, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real snakemake of this environment in `workdir`."""
     return subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        [*SNAKEMAKE, *args],
         cwd=workdir,
-        env=env,
+        env=env or snakemake_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

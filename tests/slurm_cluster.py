@@ -87,7 +87,9 @@ class Cluster:
         self.socket = Path("/run/munge/munge.socket.2")
         self.socket.parent.mkdir(parents=True, exist_ok=True)
         if self.socket.exists():
-            raise RuntimeError(f"{self.socket} exists: stop the munged that serves it (an earlier test cluster?)")
+            raise RuntimeError(
+                f"{self.socket} exists: stop the munged that serves it (an earlier test cluster?)"
+            )
         self._daemon(
             "munged",
             "--foreground",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import yaml
 
 from tests import slurm_cluster
-from tests.conftest import TARGET, copy_workflow, snakemake
+from tests.conftest import SNAKEMAKE, TARGET, copy_workflow, snakemake, snakemake_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 RULES = ("synth", "dataset_fingerprint", "validate", "prepare", "train", "export", "verify")
@@ -42,26 +41,27 @@ def cluster(tmp_path_factory):
     running.stop()
 
 
+# The profile as users run it, with status checks sped up for a cluster that answers at once.
+ON_SLURM = (
+    "--profile",
+    "profiles/slurm",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--seconds-between-status-checks",
+    "2",
+)
+
+
 def on_slurm(cluster, workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env_backup = dict(os.environ)
-    os.environ.update(SLURM_CONF=cluster.env["SLURM_CONF"])
-    try:
-        return snakemake(
-            workdir,
-            "--profile",
-            "profiles/slurm",
-            "--slurm-init-seconds-before-status-checks",
-            "1",
-            "--seconds-between-status-checks",
-            "2",
-            "--latency-wait",
-            "5",
-            *args,
-            timeout=timeout,
-        )
-    finally:
-        os.environ.clear()
-        os.environ.update(env_backup)
+    return snakemake(
+        workdir,
+        *ON_SLURM,
+        "--latency-wait",
+        "5",
+        *args,
+        timeout=timeout,
+        env=snakemake_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
+    )
 
 
 def sacct(cluster) -> list[dict]:
@@ -77,7 +77,7 @@ def sacct(cluster) -> list[dict]:
 
 def test_smoke_pipeline_runs_as_slurm_jobs(cluster, built, tmp_path):
     workdir = copy_workflow(tmp_path / "doctrain")
-    result = on_slurm(cluster, workdir, TARGET)
+    result = on_slurm(cluster, workdir, "--verbose", TARGET)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
     jobs = sacct(cluster)
@@ -120,27 +120,10 @@ def test_a_killed_training_job_resumes_and_ends_at_the_same_model(cluster, tmp_p
     assert snakemake(reference, TARGET).returncode == 0
     workdir = copy_workflow(tmp_path / "doctrain")
     _longer_training(workdir)
-    env = dict(os.environ, SLURM_CONF=cluster.env["SLURM_CONF"])
-    env["PATH"] = f"{Path(subprocess.sys.executable).parent}{os.pathsep}{env['PATH']}"
     run = subprocess.Popen(
-        [
-            subprocess.sys.executable,
-            "-m",
-            "snakemake",
-            "--cores",
-            "2",
-            "--profile",
-            "profiles/slurm",
-            "--slurm-init-seconds-before-status-checks",
-            "1",
-            "--seconds-between-status-checks",
-            "2",
-            "--retries",
-            "0",
-            TARGET,
-        ],
+        [*SNAKEMAKE, *ON_SLURM, "--retries", "0", TARGET],
         cwd=workdir,
-        env=env,
+        env=snakemake_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -171,4 +154,3 @@ def test_a_killed_training_job_resumes_and_ends_at_the_same_model(cluster, tmp_p
     ]
     assert digests[0] == digests[1]
     assert (workdir / TARGET).read_bytes() == (reference / TARGET).read_bytes()
-    shutil.rmtree(workdir / "logs", ignore_errors=True)
