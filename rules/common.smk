@@ -10,7 +10,7 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))  # the library runs from the checkout, also inside containers
 
 from doctrain import fingerprint
-from doctrain.config import SYNTH_MANIFEST, canonical_json, load_config
+from doctrain.config import canonical_json, load_config
 from doctrain.errors import UserError
 
 # Every rule runs the library the same way; the checkout's src/ wins over any installed copy.
@@ -63,7 +63,7 @@ def synth_settings(w):
     """The data.synth block of the experiments that render data/synth/{dataset}; they must agree."""
     path = f"data/synth/{w.dataset}/manifest.csv"
     blocks = {
-        canonical_json({"data.synth": cfg["data"]["synth"]})
+        fingerprint.settings_json(cfg, "synth")
         for cfg in EXPERIMENTS.values()
         if cfg["data"]["synth"] is not None and cfg["data"]["manifest"] == path
     }

@@ -50,13 +50,11 @@ STAGE_HELP = {
 
 def _stage_settings(args: argparse.Namespace, stage: str) -> dict:
     from doctrain.config import load_config
-    from doctrain.fingerprint import STAGES, nest
+    from doctrain.fingerprint import STAGES, nest, stage_settings
 
     if args.settings:
         return nest(json.loads(args.settings))
     if args.config:
-        from doctrain.fingerprint import stage_settings
-
         return stage_settings(load_config(args.config), stage)
     raise UserError(
         f"doctrain {stage}: give --config FILE or --settings JSON (keys: {', '.join(STAGES[stage].keys)})"
@@ -70,9 +68,15 @@ def _run_stage(args: argparse.Namespace) -> None:
 
     stage = args.command
     paths = {name: getattr(args, name) for name in STAGE_IO[stage]}
-    if "lineage" in paths:
-        paths["lineage"] = json.loads(paths["lineage"])
     settings = _stage_settings(args, stage)
+    if "lineage" in paths:
+        from doctrain.config import load_config
+        from doctrain.fingerprint import lineage
+
+        # The workflow passes it; from a config file it is computed the same way.
+        if not (args.lineage or args.config):
+            raise UserError(f"doctrain {stage}: --settings needs --lineage JSON (or give --config FILE)")
+        paths["lineage"] = json.loads(args.lineage) if args.lineage else lineage(load_config(args.config))
     if stage == "train":
         from doctrain._io import sha256_text
         from doctrain.config import canonical_json
@@ -157,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
         source.add_argument("--config", help="experiment config (configs/NAME.yaml)")
         source.add_argument("--settings", help="JSON of the stage's dotted keys (what the workflow passes)")
         for name in names:
-            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
+            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=name != "lineage")
         cmd.set_defaults(func=_run_stage)
 
     fpr = sub.add_parser("dataset-fingerprint", help="digest of a manifest and every file it lists")
