@@ -55,6 +55,11 @@ def training_curves(log_csv: str | Path, title: str, out: str | Path) -> None:
     loss_ax.set(xlabel="step", ylabel="loss", title=f"{title}: training")
     if "val/auroc" in log:
         val = log.dropna(subset=["val/auroc"])
+        if "train/loss_step" in log:
+            # The selected checkpoint is validated once more after training; that row repeats
+            # the best epoch's figures one epoch past the end, so it is not a point of the curve.
+            last_trained = log.dropna(subset=["train/loss_step"])["epoch"].max()
+            val = val[val["epoch"] <= last_trained]
         val_ax.plot(val["epoch"], val["val/auroc"], "o-", label="val AUROC")
         if "val/tpr@0.01" in val:
             val_ax.plot(val["epoch"], val["val/tpr@0.01"], "s-", label="val TPR @ FPR 1e-2")
