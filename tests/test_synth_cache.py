@@ -42,7 +42,6 @@ def test_cache_round_trip_and_expansion(tmp_path):
     validate(tmp_path / "data" / "manifest.csv").to_parquet(tmp_path / "validated.parquet")
     summary = cache.build(tmp_path / "validated.parquet", tmp_path / "cache", size=32, expand_dihedral=True)
     assert summary["classes"] == {"train": 32, "val": 2}  # 4 templates x 8 variants
-    (tmp_path / "cache" / "summary.json").write_text('{"sha256": {}}')
     opened = cache.Cache(tmp_path / "cache")
     assert opened.images.shape == (8, 32, 32, 3) and opened.image_size == 32
     assert isinstance(opened.images, np.memmap)

@@ -9,7 +9,6 @@ Dihedral expansion stores each image once; the variant is applied when a sample 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +77,6 @@ class Cache:
         self.dir = Path(cache_dir)
         self.images = np.load(self.dir / "images.npy", mmap_mode="r")
         self.index = pd.read_parquet(self.dir / "index.parquet")
-        self.summary = json.loads((self.dir / "summary.json").read_text())
 
     @property
     def image_size(self) -> int:
