@@ -126,7 +126,7 @@ def train(
             "seconds": round(seconds, 1),
             "samples": samples,
             "samples_per_s": round(samples / seconds, 1),
-            "device": str(selected.device),
+            "device": str(trainer.strategy.root_device),
             "accelerator": trainer.accelerator.__class__.__name__,
             "classes": num_classes,
         },
