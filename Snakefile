@@ -6,6 +6,12 @@ min_version("9.0")
 
 
 include: "rules/common.smk"
+
+
+# Every step runs in the training image when Snakemake is asked to (--sdm apptainer).
+container: CONTAINER_IMAGE
+
+
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/export.smk"

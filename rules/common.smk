@@ -5,11 +5,13 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))  # the library runs from the checkout, also inside containers
 
 from doctrain import fingerprint
+from doctrain.container import check_present, image as container_image
 from doctrain.config import canonical_json, load_config
 from doctrain.errors import UserError
 
@@ -21,6 +23,11 @@ try:
         path.stem: load_config(path)
         for path in sorted(Path(workflow.basedir, "configs").glob("*.yaml"))
     }
+    # The image the rules run in under --sdm apptainer: the workflow config's `container`
+    # (--config container=IMAGE), else this checkout's own build, named by its version.
+    CONTAINER_IMAGE = container_image(config.get("container"), workflow.basedir)
+    if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
+        check_present(CONTAINER_IMAGE)
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 
@@ -57,6 +64,17 @@ def train_mem_mb(w):
 
 def manifest(w):
     return EXPERIMENTS[w.exp]["data"]["manifest"]
+
+
+def fingerprinted_manifest(w):
+    """The manifest as dataset_fingerprint's input: ancient() (a touch is no change; the content
+    digest decides), except where the synth rule renders it. Snakemake does not follow a rerun
+    through inputs that are all ancient, so a re-render would leave the old model standing until
+    the next invocation; a rendered manifest is small enough (< 1 MB) for Snakemake's own checksum
+    to tell a touch from a change."""
+    if EXPERIMENTS[w.exp]["data"]["synth"] is None:
+        return ancient(manifest(w))
+    return manifest(w)
 
 
 def synth_settings(w):

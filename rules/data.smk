@@ -17,7 +17,7 @@ rule synth:
 
 rule dataset_fingerprint:
     input:
-        manifest=ancient(manifest),
+        manifest=fingerprinted_manifest,
     output:
         "results/{exp}/dataset.fingerprint.json",
     log:

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "results/smoke.onnx"
-WORKFLOW_PARTS = ("Snakefile", "rules", "configs", "schemas", "src", "envs", "profiles")
+WORKFLOW_PARTS = ("Snakefile", "rules", "configs", "schemas", "src", "envs", "profiles", "containers")
 
 
 def copy_workflow(dest: Path) -> Path:

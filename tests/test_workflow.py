@@ -81,6 +81,8 @@ def restore(built):
         ("parity.max_abs_diff", 2.0e-5, {"verify"}),
         ("optimizer.lr", 3.0e-3, {"train", "export", "verify"}),
         ("data.image_size", 48, {"prepare", "train", "export", "verify"}),
+        # Re-rendered data reaches the model in the same invocation, not only in the next one.
+        ("data.synth.seed", 2, {"synth", "dataset_fingerprint"} | AFTER_VALIDATE),
     ],
 )
 def test_config_change_reruns_the_stages_that_read_it(restore, key, value, expected):

@@ -14,7 +14,6 @@ from torch import nn
 from doctrain import _io, provenance
 from doctrain.lit_module import EmbeddingModule
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # the library runs from the checkout
 WRAPPERS: dict[str, type[nn.Module]] = {}
 
 
@@ -137,8 +136,6 @@ def run_stage(
             "dataset_sha256": json.loads(Path(validation_report).read_text())["dataset_sha256"],
             "state_dict_sha256": train_facts["state_dict_sha256"],
             "versions": provenance.software_versions(),
-            "container_image": provenance.container_image(),
-            "git_commit": provenance.git_commit(CHECKOUT),
         }
     )
     export(settings, module, out, metadata)

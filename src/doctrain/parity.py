@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from doctrain import _io, images
+from doctrain import _io, images, provenance
 from doctrain.cache import Cache
 from doctrain.errors import UserError
 from doctrain.export import load_trained, read_metadata
@@ -177,6 +177,7 @@ def run_stage(
     record = read_metadata(onnx_path)
     record["parity"] = {"passed": True, "checks": len(report["checks"])}
     record["onnx_sha256"] = _io.sha256_file(onnx_path)
+    record.update(provenance.build_site())
     _io.write_json_atomic(provenance_path, record)
     with _io.atomic_path(published) as tmp:
         shutil.copyfile(onnx_path, tmp)

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("torch", "timm", "lightning", "onnx", "onnxruntime")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the library runs from the checkout
 # Set by the container images (containers/), so artefacts record which image built them.
 IMAGE_VARIABLE = "DOCTRAIN_CONTAINER_IMAGE"
 METADATA_PREFIX = "doctrain."
@@ -32,7 +33,7 @@ def software_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in PACKAGES}
 
 
-def git_commit(checkout: str | Path) -> str | None:
+def git_commit(checkout: str | Path = CHECKOUT) -> str | None:
     """HEAD of the checkout when its tracked files are unchanged, else None (a dirty tree is not
     what any commit says)."""
 
@@ -51,6 +52,12 @@ def git_commit(checkout: str | Path) -> str | None:
 
 def container_image() -> str | None:
     return os.environ.get(IMAGE_VARIABLE) or None
+
+
+def build_site() -> dict:
+    """Where an artefact was built: the container image and the commit. Kept out of the ONNX file,
+    whose bytes depend only on what it was built from, so a container and a local build agree."""
+    return {"container_image": container_image(), "git_commit": git_commit()}
 
 
 def to_metadata(record: dict) -> dict[str, str]:

@@ -88,7 +88,11 @@ class Template:
         fonts = layout.sample(_FONTS, 2)
 
         def font(size: int, which: int = 0) -> ImageFont.FreeTypeFont:
-            return ImageFont.truetype(str(_FONT_DIR / fonts[which]), size)
+            # The basic layout engine: Pillow picks Raqm only where the system has libfribidi, and
+            # the two place glyphs differently, so the data would depend on the machine.
+            return ImageFont.truetype(
+                str(_FONT_DIR / fonts[which]), size, layout_engine=ImageFont.Layout.BASIC
+            )
 
         self._background(layout, draw, w, h, paper, accent)
         y = self._header(layout, draw, w, h, accent, paper, font)
