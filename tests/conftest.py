@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,22 @@ def built(tmp_path_factory) -> Path:
     result = snakemake(workdir, TARGET)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """The real SLURM cluster of tests/slurm_cluster.py, installed if missing, up for the session."""
+    from tests import slurm_cluster
+
+    if os.geteuid() != 0:
+        pytest.skip("the test cluster runs its daemons as root")
+    if slurm_cluster.available():
+        slurm_cluster.install()
+    started = time.monotonic()
+    running = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
+    print(f"test cluster up in {time.monotonic() - started:.1f} s")
+    yield running
+    running.stop()
 
 
 def pytest_collection_modifyitems(config, items):

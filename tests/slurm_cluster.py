@@ -15,7 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import snakemake, snakemake_env
+
 DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd")
+PACKAGES = ("slurm-wlm", "slurmdbd", "munge", "mariadb-server")
 ACCOUNT, PARTITION, CLUSTER = "doctrain", "debug", "doctrain"
 SYSTEM_CONFIG = Path("/etc/slurm")
 
@@ -183,3 +186,46 @@ class Cluster:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def install() -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, capture_output=True, env=env, timeout=900
+    )
+
+
+# The profile as users run it, with status checks sped up for a cluster that answers at once.
+ON_SLURM = (
+    "--profile",
+    "profiles/slurm",
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    "--seconds-between-status-checks",
+    "2",
+)
+
+
+def on_slurm(cluster: Cluster, workdir: Path, *args: str, timeout: int = 600, **env: str):
+    """snakemake through profiles/slurm on the test cluster (`env`: more environment variables)."""
+    return snakemake(
+        workdir,
+        *ON_SLURM,
+        "--latency-wait",
+        "5",
+        *args,
+        timeout=timeout,
+        env=snakemake_env(SLURM_CONF=cluster.env["SLURM_CONF"], **env),
+    )
+
+
+def sacct(cluster: Cluster) -> list[dict]:
+    out = cluster.run(
+        "sacct", "-X", "-n", "-P", "--format=JobID,JobName,State,ReqTRES,Comment", "-S", "now-1hour"
+    ).stdout
+    return [
+        dict(zip(("id", "name", "state", "tres", "comment"), line.split("|"), strict=True))
+        for line in out.splitlines()
+        if line
+    ]

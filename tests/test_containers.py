@@ -15,6 +15,7 @@ import pytest
 
 from tests import podman_images
 from tests.conftest import ROOT, TARGET, copy_workflow, snakemake, snakemake_env
+from tests.slurm_cluster import on_slurm, sacct
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
 ADAPTER = Path(__file__).parent / "apptainer_adapter"
@@ -117,6 +118,29 @@ def test_apptainer_route_builds_the_local_model_byte_for_byte(image, built, tmp_
     sif.touch()
     result = snakemake(workdir, "--profile", "profiles/apptainer", TARGET, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
+    provenance = json.loads((workdir / "results/smoke/provenance.json").read_text())
+    assert provenance["container_image"] == f"doctrain:{version}"
+
+
+@pytest.mark.slurm
+def test_slurm_with_apptainer_runs_every_step_as_a_job_in_the_image(image, cluster, built, tmp_path):
+    workdir = copy_workflow(tmp_path / "doctrain")
+    version = podman_images.version(workdir)
+    (workdir / f"containers/doctrain-{version}.sif").touch()
+    earlier = {job["id"] for job in sacct(cluster)}
+    result = on_slurm(
+        cluster,
+        workdir,
+        "--profile",
+        "profiles/apptainer",
+        TARGET,
+        PATH=f"{ADAPTER}{os.pathsep}{os.environ['PATH']}",
+        CONTAINERS_CONF=image["env"]["CONTAINERS_CONF"],
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    jobs = [job for job in sacct(cluster) if job["id"] not in earlier]
+    assert len(jobs) == 7 and all(job["state"] == "COMPLETED" for job in jobs), jobs
     assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
     provenance = json.loads((workdir / "results/smoke/provenance.json").read_text())
     assert provenance["container_image"] == f"doctrain:{version}"

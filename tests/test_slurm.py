@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -12,67 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests import slurm_cluster
 from tests.conftest import SNAKEMAKE, TARGET, copy_workflow, snakemake, snakemake_env
+from tests.slurm_cluster import ON_SLURM, on_slurm, sacct
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 RULES = ("synth", "dataset_fingerprint", "validate", "prepare", "train", "export", "verify")
-PACKAGES = ("slurm-wlm", "slurmdbd", "munge", "mariadb-server")
-
-
-def _install() -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, capture_output=True, env=env, timeout=900
-    )
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the test cluster runs its daemons as root")
-    if slurm_cluster.available():
-        _install()
-    started = time.monotonic()
-    running = slurm_cluster.Cluster(tmp_path_factory.mktemp("slurm")).start()
-    print(f"test cluster up in {time.monotonic() - started:.1f} s")
-    yield running
-    running.stop()
-
-
-# The profile as users run it, with status checks sped up for a cluster that answers at once.
-ON_SLURM = (
-    "--profile",
-    "profiles/slurm",
-    "--slurm-init-seconds-before-status-checks",
-    "1",
-    "--seconds-between-status-checks",
-    "2",
-)
-
-
-def on_slurm(cluster, workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return snakemake(
-        workdir,
-        *ON_SLURM,
-        "--latency-wait",
-        "5",
-        *args,
-        timeout=timeout,
-        env=snakemake_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
-    )
-
-
-def sacct(cluster) -> list[dict]:
-    out = cluster.run(
-        "sacct", "-X", "-n", "-P", "--format=JobID,JobName,State,ReqTRES,Comment", "-S", "now-1hour"
-    ).stdout
-    return [
-        dict(zip(("id", "name", "state", "tres", "comment"), line.split("|"), strict=True))
-        for line in out.splitlines()
-        if line
-    ]
 
 
 def test_smoke_pipeline_runs_as_slurm_jobs(cluster, built, tmp_path):
