@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import pytest
@@ -54,3 +55,16 @@ def test_a_missing_local_image_names_itself_and_the_fix(tmp_path):
     (tmp_path / "doctrain-x.sif").touch()
     container.check_present(str(tmp_path / "doctrain-x.sif"))
     container.check_present("docker://lab/doctrain:1.2.0")
+
+
+def test_docker_and_apptainer_recipes_build_the_same_environment():
+    dockerfile = (ROOT / "containers/Dockerfile").read_text()
+    definition = (ROOT / "containers/doctrain.def").read_text()
+    docker_base = re.search(r"^ARG BASE_IMAGE=(\S+)", dockerfile, re.M)[1]
+    assert re.search(r"^From: (\S+)", definition, re.M)[1] == docker_base
+    for recipe in (dockerfile, definition):
+        assert "envs/requirements.txt /opt/doctrain/requirements.txt" in recipe
+        assert "/opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check" in recipe
+        assert "-r /opt/doctrain/requirements.txt" in recipe
+        assert re.search(r"PATH=/opt/venv/bin:\$PATH", recipe)
+        assert "DOCTRAIN_CONTAINER_IMAGE=doctrain" in recipe
