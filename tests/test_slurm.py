@@ -60,7 +60,15 @@ def _longer_training(workdir: Path) -> None:
 def test_a_killed_training_job_resumes_and_ends_at_the_same_model(cluster, tmp_path):
     reference = copy_workflow(tmp_path / "reference")
     _longer_training(reference)
-    assert snakemake(reference, TARGET).returncode == 0
+    # The uninterrupted run, locally and meanwhile (each training uses one thread of the two).
+    uninterrupted = subprocess.Popen(
+        [*SNAKEMAKE, TARGET],
+        cwd=reference,
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     workdir = copy_workflow(tmp_path / "doctrain")
     _longer_training(workdir)
     run = subprocess.Popen(
@@ -91,6 +99,8 @@ def test_a_killed_training_job_resumes_and_ends_at_the_same_model(cluster, tmp_p
     assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
     log = (workdir / "results/smoke/logs/train.log").read_text()
     assert "resuming from" in log
+    output, _ = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, output[-3000:]
     digests = [
         json.loads((d / "results/smoke/provenance.json").read_text())["state_dict_sha256"]
         for d in (reference, workdir)
