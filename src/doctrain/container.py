@@ -29,9 +29,9 @@ def default_image(checkout: str | Path) -> str:
 
 def check_reference(reference: str) -> str:
     """The reference itself when it names one version of an image; a UserError when it can move."""
-    match = _REMOTE.fullmatch(reference)
     if "://" not in reference:
         return reference  # a local image file: its name is the version the user gave it
+    match = _REMOTE.fullmatch(reference)
     if match is None:
         raise UserError(
             f"container: cannot read {reference!r} as SCHEME://NAME:TAG or SCHEME://NAME@sha256:DIGEST"
