@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from doctrain.container import version
+
 PACKAGES = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}
 BASE_IMAGE = "localhost/doctrain-test-base:bookworm"
 IMAGE_REPOSITORY = "localhost/doctrain"
@@ -108,25 +110,12 @@ def _local_paths(value: str) -> list[str]:
     return [str(Path(path).parent) if path.rstrip("/").endswith("/simple") else path for path in paths]
 
 
-def version(checkout: Path) -> str:
-    return subprocess.run(
-        ["sh", str(checkout / "containers" / "version.sh")], capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
 def build(env: dict, checkout: Path) -> dict:
     """podman build of containers/Dockerfile on the debootstrap base; its tag, seconds and size."""
-    tag = f"{IMAGE_REPOSITORY}:{version(checkout)}"
-    args = [
-        "build",
-        "-f",
-        "containers/Dockerfile",
-        "--network",
-        "host",
-        "--build-arg",
-        f"BASE_IMAGE={BASE_IMAGE}",
-    ]
-    args += ["--build-arg", f"VERSION={version(checkout)}"]
+    image_version = version(checkout)
+    tag = f"{IMAGE_REPOSITORY}:{image_version}"
+    args = ["build", "-f", "containers/Dockerfile", "--network", "host"]
+    args += ["--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"VERSION={image_version}"]
     for name, value in _pip_settings().items():
         args += ["--build-arg", f"{name}={value}"]
         args += [

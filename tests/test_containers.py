@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from doctrain import container
 from tests import podman_images
 from tests.conftest import ROOT, TARGET, copy_workflow, snakemake, snakemake_env
 from tests.slurm_cluster import on_slurm, sacct
@@ -105,7 +106,7 @@ def test_docker_route_builds_the_local_model_byte_for_byte(image, built, tmp_pat
 
 def test_apptainer_route_builds_the_local_model_byte_for_byte(image, built, tmp_path):
     workdir = copy_workflow(tmp_path / "doctrain")
-    version = podman_images.version(workdir)
+    version = container.version(workdir)
     sif = workdir / f"containers/doctrain-{version}.sif"
     # Without the image file the workflow stops before any job, naming it.
     env = snakemake_env(
@@ -126,7 +127,7 @@ def test_apptainer_route_builds_the_local_model_byte_for_byte(image, built, tmp_
 @pytest.mark.slurm
 def test_slurm_with_apptainer_runs_every_step_as_a_job_in_the_image(image, cluster, built, tmp_path):
     workdir = copy_workflow(tmp_path / "doctrain")
-    version = podman_images.version(workdir)
+    version = container.version(workdir)
     (workdir / f"containers/doctrain-{version}.sif").touch()
     earlier = {job["id"] for job in sacct(cluster)}
     result = on_slurm(
