@@ -36,7 +36,7 @@ rule verify:
         index=ancient("results/{exp}/cache/index.parquet"),
         summary="results/{exp}/cache/summary.json",
     output:
-        report="results/{exp}/parity.json",
+        report=report("results/{exp}/parity.json", caption="../report/parity.rst", category="{exp}"),
         provenance="results/{exp}/provenance.json",
         onnx="results/{exp}.onnx",
     log:

@@ -10,10 +10,14 @@ rule train:
     output:
         checkpoint="results/{exp}/model.ckpt",
         stamp="results/{exp}/model.stamp.json",
-        metrics="results/{exp}/metrics.json",
+        metrics=report(
+            "results/{exp}/metrics.json", caption="../report/metrics.rst", category="{exp}"
+        ),
         log_csv="results/{exp}/train_log.csv",
-        roc="results/{exp}/roc.png",
-        curves="results/{exp}/training_curves.png",
+        roc=report("results/{exp}/roc.png", caption="../report/roc.rst", category="{exp}"),
+        curves=report(
+            "results/{exp}/training_curves.png", caption="../report/training_curves.rst", category="{exp}"
+        ),
     log:
         "results/{exp}/logs/train.log",
     benchmark:

@@ -14,7 +14,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = "results/smoke.onnx"
-WORKFLOW_PARTS = ("Snakefile", "rules", "configs", "schemas", "src", "envs", "profiles", "containers")
+WORKFLOW_PARTS = (
+    "Snakefile",
+    "rules",
+    "configs",
+    "schemas",
+    "src",
+    "envs",
+    "profiles",
+    "containers",
+    "report",
+)
 
 
 def copy_workflow(dest: Path) -> Path:

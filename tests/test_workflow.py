@@ -41,6 +41,14 @@ def test_smoke_build_publishes_a_verified_model(built):
     assert plan(built) == set()
 
 
+def test_report_shows_how_good_the_model_is(built, tmp_path):
+    result = snakemake(built, "--report", str(tmp_path / "report.html"), TARGET)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for item in ("roc.png", "training_curves.png", "metrics.json", "parity.json"):
+        assert f"Adding {item}" in result.stdout + result.stderr
+    assert "operating points of" in (tmp_path / "report.html").read_text()  # the ROC plot's caption
+
+
 def test_reference_config_plans_the_whole_chain(tmp_path):
     workdir = copy_workflow(tmp_path / "doctrain")
     jobs = planned_jobs(snakemake(workdir, "-n", "results/lcnet050_cosface_96.onnx"))
