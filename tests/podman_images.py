@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from doctrain.container import version
+from tests.conftest import apt_install
 
 PACKAGES = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}
 BASE_IMAGE = "localhost/doctrain-test-base:bookworm"
@@ -35,15 +36,7 @@ PIP_SETTINGS = {"find-links": "PIP_FIND_LINKS", "extra-index-url": "PIP_EXTRA_IN
 def install() -> None:
     missing = [package for command, package in PACKAGES.items() if not shutil.which(command)]
     if missing:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", *missing],
-            check=True,
-            capture_output=True,
-            env=env,
-            timeout=900,
-        )
+        apt_install(*missing)
 
 
 def environment(config_dir: Path) -> dict[str, str]:

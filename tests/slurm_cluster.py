@@ -188,14 +188,6 @@ class Cluster:
                 process.kill()
 
 
-def install() -> None:
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True, timeout=600)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", *PACKAGES], check=True, capture_output=True, env=env, timeout=900
-    )
-
-
 # The profile as users run it, with status checks sped up for a cluster that answers at once.
 ON_SLURM = (
     "--profile",
