@@ -110,7 +110,7 @@ def test_apptainer_route_builds_the_local_model_byte_for_byte(image, built, tmp_
     sif = workdir / f"containers/doctrain-{version}.sif"
     # Without the image file the workflow stops before any job, naming it.
     env = snakemake_env(
-        PATH=f"{ADAPTER}{os.pathsep}{snakemake_env()['PATH']}",
+        PATH=f"{ADAPTER}{os.pathsep}{os.environ['PATH']}",
         CONTAINERS_CONF=image["env"]["CONTAINERS_CONF"],
     )
     result = snakemake(workdir, "--profile", "profiles/apptainer", "-n", TARGET, env=env)
