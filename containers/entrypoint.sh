@@ -5,13 +5,25 @@
 # container, and drop to them; without them (or for root), run the command as it is.
 set -euo pipefail
 
-if [[ -z ${USER_ID:-} && -z ${GROUP_ID:-} ]] || [[ ${USER_ID:-} == 0 ]]; then
+fail() {
+    echo "doctrain-entrypoint: $*" >&2
+    exit 2
+}
+
+if [[ -z ${USER_ID:-} && -z ${GROUP_ID:-} ]]; then
     exec "$@"
 fi
-if [[ ! ${USER_ID:-} =~ ^[0-9]+$ || ! ${GROUP_ID:-} =~ ^[0-9]+$ ]]; then
-    echo "doctrain-entrypoint: USER_ID and GROUP_ID must both be numeric ids (got '${USER_ID:-}' and '${GROUP_ID:-}')" >&2
-    exit 2
+# Ids are numbers, compared as numbers: USER_ID=00 is root too.
+[[ ${USER_ID:-} =~ ^[0-9]+$ ]] || fail "USER_ID must be a numeric id (got '${USER_ID:-}')"
+USER_ID=$((10#$USER_ID))
+if ((USER_ID == 0)); then
+    # Root keeps root's groups; a group given with it would be silently ignored, so it is refused.
+    [[ -z ${GROUP_ID:-} || ${GROUP_ID} =~ ^0+$ ]] ||
+        fail "USER_ID=0 runs as root, which keeps root's group: unset GROUP_ID (got '${GROUP_ID}') or give a non-root USER_ID"
+    exec "$@"
 fi
+[[ ${GROUP_ID:-} =~ ^[0-9]+$ ]] || fail "GROUP_ID must be a numeric id (got '${GROUP_ID:-}')"
+GROUP_ID=$((10#$GROUP_ID))
 
 getent group "$GROUP_ID" >/dev/null || groupadd --gid "$GROUP_ID" doctrain
 if ! user=$(getent passwd "$USER_ID" | cut -d: -f1); then

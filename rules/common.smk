@@ -1,28 +1,33 @@
 # Parse-time helpers only: find and validate the experiments, and build each rule's params from
 # what its stage declares it reads (src/doctrain/fingerprint.py). The work itself is in src/doctrain.
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))  # the library runs from the checkout, also inside containers
 
-from doctrain import fingerprint
+from doctrain import experiments, fingerprint, integrity
 from doctrain.container import check_present, image as container_image
-from doctrain.config import canonical_json, load_config
+from doctrain.config import canonical_json
 from doctrain.errors import UserError
 
 # Every rule runs the library the same way; the checkout's src/ wins over any installed copy.
 DOCTRAIN = f"PYTHONPATH={shlex.quote(str(SRC))}${{PYTHONPATH:+:$PYTHONPATH}} python -m doctrain"
 
+# A broken or badly named config stops only its own targets (rule config_error), not the others.
+FOUND = experiments.find(os.path.relpath(Path(workflow.basedir, "configs")))
+EXPERIMENTS = FOUND.configs
+if FOUND.broken:
+    logger.warning(f"doctrain: {FOUND.broken_message()}")
+
 try:
-    EXPERIMENTS = {
-        path.stem: load_config(path)
-        for path in sorted(Path(workflow.basedir, "configs").glob("*.yaml"))
-    }
     # The image the rules run in under --sdm apptainer: the workflow config's `container`
     # (--config container=IMAGE), else this checkout's own build, named by its version.
     CONTAINER_IMAGE = container_image(config.get("container"), workflow.basedir)
@@ -32,8 +37,13 @@ except UserError as exc:
     raise WorkflowError(str(exc)) from None
 
 
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
 wildcard_constraints:
-    exp="|".join(EXPERIMENTS) or "(?!)",
+    exp=_alternatives(EXPERIMENTS),
+    broken=_alternatives(FOUND.broken),
     dataset="[A-Za-z0-9_.-]+",
 
 
@@ -96,8 +106,32 @@ def dataset_fingerprint_path(exp):
     return f"results/{exp}/dataset.fingerprint.json"
 
 
-# Jobs on a cluster parse this file again; only the main process looks at the data.
+# Jobs on a cluster parse this file again; only the main process looks at the data and the results.
+BREAKS = {}
 if workflow.is_main_process:
+    _hashes = fingerprint.HashCache(fingerprint.HASH_CACHE)
     fingerprint.refresh_dataset_fingerprints(
-        {dataset_fingerprint_path(exp): cfg["data"]["manifest"] for exp, cfg in EXPERIMENTS.items()}
+        {dataset_fingerprint_path(exp): cfg["data"]["manifest"] for exp, cfg in EXPERIMENTS.items()},
+        _hashes,
     )
+    BREAKS = {exp: integrity.first_break(exp, _hashes) for exp in EXPERIMENTS}
+    _hashes.save()
+
+
+def integrity_check(stage):
+    """An input function that adds no input: when this stage is where the experiment's chain of
+    stamps breaks (doctrain.integrity), it makes Snakemake run the job again, as --forcerun would,
+    but only for jobs that the requested targets need."""
+
+    def check(w):
+        damage = BREAKS.get(w.exp)
+        if damage is not None and damage.stage == stage and damage.stamp not in workflow.dag.forcefiles:
+            logger.warning(f"doctrain: {damage.message(w.exp)}")
+            workflow.dag.forcefiles.add(damage.stamp)
+        return []
+
+    return check
+
+
+def config_error(w):
+    raise WorkflowError(FOUND.broken_message())

@@ -12,24 +12,26 @@ rule synth:
         code=code("synth"),
         env=ENVIRONMENT,
     shell:
-        "{DOCTRAIN} synth --settings {params.settings:q} --manifest {output.manifest} 2>&1 | tee {log}"
+        "{DOCTRAIN} synth --settings {params.settings:q} --manifest {output.manifest:q} 2>&1 | tee {log:q}"
 
 
 rule dataset_fingerprint:
     input:
         manifest=fingerprinted_manifest,
+        chain=integrity_check("dataset_fingerprint"),
     output:
         "results/{exp}/dataset.fingerprint.json",
     log:
         "results/{exp}/logs/dataset_fingerprint.log",
     shell:
-        "{DOCTRAIN} dataset-fingerprint --manifest {input.manifest} --out {output} 2>&1 | tee {log}"
+        "{DOCTRAIN} dataset-fingerprint --manifest {input.manifest:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule validate:
     input:
         manifest=ancient(manifest),
         fingerprint="results/{exp}/dataset.fingerprint.json",
+        chain=integrity_check("validate"),
     output:
         validated="results/{exp}/data/validated.parquet",
         report="results/{exp}/data/validation.json",
@@ -41,14 +43,15 @@ rule validate:
         env=ENVIRONMENT,
     threads: 2
     shell:
-        "{DOCTRAIN} validate --settings {params.settings:q} --manifest {input.manifest}"
-        " --validated {output.validated} --report {output.report} 2>&1 | tee {log}"
+        "{DOCTRAIN} validate --settings {params.settings:q} --manifest {input.manifest:q}"
+        " --validated {output.validated:q} --report {output.report:q} 2>&1 | tee {log:q}"
 
 
 rule prepare:
     input:
         validated=ancient("results/{exp}/data/validated.parquet"),
         report="results/{exp}/data/validation.json",
+        chain=integrity_check("prepare"),
     output:
         images="results/{exp}/cache/images.npy",
         index="results/{exp}/cache/index.parquet",
@@ -60,5 +63,5 @@ rule prepare:
         code=code("prepare"),
         env=ENVIRONMENT,
     shell:
-        "{DOCTRAIN} prepare --settings {params.settings:q} --validated {input.validated}"
-        " --cache-dir results/{wildcards.exp}/cache 2>&1 | tee {log}"
+        "{DOCTRAIN} prepare --settings {params.settings:q} --validated {input.validated:q}"
+        " --cache-dir results/{wildcards.exp:q}/cache 2>&1 | tee {log:q}"

@@ -7,6 +7,7 @@ rule export:
         checkpoint=ancient("results/{exp}/model.ckpt"),
         train_stamp="results/{exp}/model.stamp.json",
         validation="results/{exp}/data/validation.json",
+        chain=integrity_check("export"),
     output:
         onnx="results/{exp}/model.unverified.onnx",
         stamp="results/{exp}/model.unverified.stamp.json",
@@ -20,10 +21,10 @@ rule export:
         env=ENVIRONMENT,
         lineage=lambda w: canonical_json(fingerprint.lineage(EXPERIMENTS[w.exp])),
     shell:
-        "{DOCTRAIN} export --settings {params.settings:q} --checkpoint {input.checkpoint}"
-        " --train-stamp {input.train_stamp} --validation-report {input.validation}"
-        " --out {output.onnx} --stamp {output.stamp} --name {wildcards.exp}"
-        " --lineage {params.lineage:q} 2>&1 | tee {log}"
+        "{DOCTRAIN} export --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
+        " --train-stamp {input.train_stamp:q} --validation-report {input.validation:q}"
+        " --out {output.onnx:q} --stamp {output.stamp:q} --name {wildcards.exp:q}"
+        " --lineage {params.lineage:q} 2>&1 | tee {log:q}"
 
 
 rule verify:
@@ -35,6 +36,7 @@ rule verify:
         images=ancient("results/{exp}/cache/images.npy"),
         index=ancient("results/{exp}/cache/index.parquet"),
         summary="results/{exp}/cache/summary.json",
+        chain=integrity_check("verify"),
     output:
         report=report("results/{exp}/parity.json", caption="../report/parity.rst", category="{exp}"),
         provenance="results/{exp}/provenance.json",
@@ -46,7 +48,16 @@ rule verify:
         code=code("verify"),
         env=ENVIRONMENT,
     shell:
-        "{DOCTRAIN} verify --settings {params.settings:q} --checkpoint {input.checkpoint}"
-        " --onnx-path {input.onnx} --cache-dir results/{wildcards.exp}/cache"
-        " --report-path {output.report} --provenance-path {output.provenance}"
-        " --published {output.onnx} 2>&1 | tee {log}"
+        "{DOCTRAIN} verify --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
+        " --onnx-path {input.onnx:q} --cache-dir results/{wildcards.exp:q}/cache"
+        " --report-path {output.report:q} --provenance-path {output.provenance:q}"
+        " --published {output.onnx:q} 2>&1 | tee {log:q}"
+
+
+# What a broken or badly named configs/NAME.yaml would build: the run stops here, naming every
+# broken config, while the targets of the other experiments build.
+rule config_error:
+    input:
+        config_error,
+    output:
+        "results/{broken}.onnx",

@@ -7,6 +7,7 @@ rule train:
         images=ancient("results/{exp}/cache/images.npy"),
         index=ancient("results/{exp}/cache/index.parquet"),
         summary="results/{exp}/cache/summary.json",
+        chain=integrity_check("train"),
     output:
         checkpoint="results/{exp}/model.ckpt",
         stamp="results/{exp}/model.stamp.json",
@@ -33,7 +34,7 @@ rule train:
         mem_mb=train_mem_mb,
     shell:
         "OMP_NUM_THREADS={threads} {DOCTRAIN} train --settings {params.settings:q}"
-        " --cache-dir results/{wildcards.exp}/cache --work-dir results/{wildcards.exp}/work/train"
-        " --checkpoint {output.checkpoint} --stamp {output.stamp} --metrics {output.metrics}"
-        " --log-csv {output.log_csv} --roc-png {output.roc} --curves-png {output.curves}"
-        " --name {wildcards.exp} 2>&1 | tee {log}"
+        " --cache-dir results/{wildcards.exp:q}/cache --work-dir results/{wildcards.exp:q}/work/train"
+        " --checkpoint {output.checkpoint:q} --stamp {output.stamp:q} --metrics {output.metrics:q}"
+        " --log-csv {output.log_csv:q} --roc-png {output.roc:q} --curves-png {output.curves:q}"
+        " --name {wildcards.exp:q} 2>&1 | tee {log:q}"

@@ -12,6 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files mode 0600 whatever the umask; published files get the mode any other new
+# file would get, so a group sharing a cluster filesystem can read the models.
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; it replaces `target` only if the block succeeds,
@@ -20,6 +31,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, _FILE_MODE)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
@@ -56,3 +68,11 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_stamp(stamp: str | Path, record: dict, artefacts: list[str | Path]) -> None:
+    """Write a stage's stamp: `record` plus the sha256 of each artefact it vouches for, keyed by the
+    path the stage was given. It is written last, so it exists only for a finished stage, and the
+    workflow checks the artefacts against it before trusting them (doctrain.integrity)."""
+    record = dict(record, artefacts={os.fspath(path): sha256_file(path) for path in artefacts})
+    write_json_atomic(stamp, record)

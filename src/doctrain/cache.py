@@ -96,5 +96,6 @@ def run_stage(settings: dict, validated: str | Path, cache_dir: str | Path) -> N
     # summary.json is written last and is the stage's stamp: it carries the digests of the two
     # large files, so downstream stages see content changes and nothing else.
     cache_dir = Path(cache_dir)
-    summary["sha256"] = {name: _io.sha256_file(cache_dir / name) for name in ("images.npy", "index.parquet")}
-    _io.write_json_atomic(cache_dir / "summary.json", summary)
+    _io.write_stamp(
+        cache_dir / "summary.json", summary, [cache_dir / "images.npy", cache_dir / "index.parquet"]
+    )

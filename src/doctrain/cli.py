@@ -103,7 +103,7 @@ def _manifest_build(args: argparse.Namespace) -> None:
 def _manifest_check(args: argparse.Namespace) -> None:
     from doctrain import manifest
 
-    table = manifest.validate(args.manifest, args.min_classes)
+    table = manifest.validate(args.manifest, args.min_classes, args.max_pixels)
     for split in manifest.SPLITS:
         part = table[table["split"] == split]
         print(f"{split}: {len(part)} images, {part['label'].nunique()} classes")
@@ -153,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
     check = man_sub.add_parser("check", help="validate every row and list all problems")
     check.add_argument("manifest")
     check.add_argument("--min-classes", type=int, default=2, help="classes needed per split")
+    check.add_argument(
+        "--max-pixels",
+        type=int,
+        default=50_000_000,
+        help="largest image accepted, in pixels, read from its header (default 50 MP)",
+    )
     check.set_defaults(func=_manifest_check)
 
     for stage, names in STAGE_IO.items():

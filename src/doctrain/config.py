@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -58,14 +59,26 @@ def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _non_finite(value: Any, path: str = "") -> list[str]:
+    """'key.path: value' of NaN and infinite numbers (YAML's .nan and .inf pass as JSON Schema numbers)."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, f"{path}.{i}")]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: {value} is not a finite number"]
+    return []
+
+
 def validate_config(raw: Any, source: str = "config") -> dict:
     """Return a validated copy of `raw` with every default filled in, or raise UserError."""
     if raw is None:
         raw = {}
     config = _stringify_int_keys(copy.deepcopy(raw))
     errors = sorted(_config_validator().iter_errors(config), key=_key_path)
-    if errors:
-        lines = [f"{_key_path(e)}: {e.message}" for e in errors]
+    lines = [f"{_key_path(e)}: {e.message}" for e in errors]
+    lines += _non_finite(config)
+    if lines:
         raise UserError(f"{source} is not a valid doctrain config: " + "; ".join(lines))
     _check_consistency(config, source)
     return config
@@ -75,6 +88,12 @@ def _check_consistency(config: dict, source: str) -> None:
     onnx = config["onnx"]
     size = config["data"]["image_size"]
     problems = []
+    data = config["data"]
+    if data["samples_per_epoch"] < data["batch_size"]:
+        problems.append(
+            f"data.samples_per_epoch ({data['samples_per_epoch']}) must be at least data.batch_size "
+            f"({data['batch_size']}): an epoch of fewer samples than one batch trains nothing"
+        )
     if list(onnx["input_shape"]) != onnx["input_names"]:
         problems.append(f"onnx.input_names {onnx['input_names']} must name the onnx.input_shape entries")
     for name, spec in onnx["input_shape"].items():

@@ -139,4 +139,4 @@ def run_stage(
         }
     )
     export(settings, module, out, metadata)
-    _io.write_json_atomic(stamp, {"onnx_sha256": _io.sha256_file(out)})
+    _io.write_stamp(stamp, {}, [out])

@@ -13,9 +13,10 @@ import ast
 import csv
 import functools
 import hashlib
+import json
 import os
-import pickle
 import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,9 @@ class Stage:
 
 STAGES = {
     "synth": Stage("doctrain.synth", ("data.synth",)),
-    "validate": Stage("doctrain.manifest", ("data.manifest", "data.min_classes_per_split")),
+    "validate": Stage(
+        "doctrain.manifest", ("data.manifest", "data.min_classes_per_split", "data.max_image_pixels")
+    ),
     "prepare": Stage("doctrain.cache", ("data.image_size", "data.expand_dihedral")),
     "train": Stage(
         "doctrain.training",
@@ -160,40 +163,61 @@ def environment_digest() -> str:
 
 class HashCache:
     """sha256 of files, remembered by (size, mtime_ns, ctime_ns, inode): a file is re-read only when
-    one of these changed. ctime matters: an in-place edit that restores the old mtime still moves it."""
+    one of these changed. ctime matters: an in-place edit that restores the old mtime still moves it.
+
+    Stored as JSON, one "size mtime ctime inode sha256" string per path (as fast to load as a
+    pickle, and unlike one it cannot run code); a damaged file is discarded with a warning."""
+
+    FORMAT = "doctrain-hash-cache/1"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.dirty = False
+        self.entries: dict[str, str] = {}
         try:
             with open(self.path, "rb") as handle:
-                self.entries: dict[str, tuple] = pickle.load(handle)
-        except (FileNotFoundError, EOFError, pickle.UnpicklingError):
-            self.entries = {}
+                stored = json.load(handle)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            stored = exc
+        if (
+            isinstance(stored, dict)
+            and stored.get("format") == self.FORMAT
+            and isinstance(stored.get("files"), dict)
+            and all(isinstance(v, str) for v in stored["files"].values())
+        ):
+            self.entries = stored["files"]
+        else:
+            print(f"doctrain: warning: {self.path} is damaged; files are hashed again", file=sys.stderr)
+            self.dirty = True
 
     def sha256(self, path: str | Path) -> str | None:
-        """The file's digest, or None when there is no regular file at `path`."""
+        """The file's digest, or None when there is no readable regular file at `path`."""
         key = os.fspath(path)
         try:
             st = os.stat(key)
-        except FileNotFoundError:
+        except (OSError, ValueError):  # missing, a symlink loop, ENOTDIR, a name too long, a NUL
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        identity = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        identity = f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino} "
         cached = self.entries.get(key)
-        if cached is not None and cached[0] == identity:
-            return cached[1]
-        digest = _io.sha256_file(key)
-        self.entries[key] = (identity, digest)
+        if cached is not None and cached.startswith(identity) and len(cached) == len(identity) + 64:
+            return cached[len(identity) :]
+        try:
+            digest = _io.sha256_file(key)
+        except OSError:
+            return None
+        self.entries[key] = identity + digest
         self.dirty = True
         return digest
 
     def save(self) -> None:
         if self.dirty:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _io.atomic_path(self.path) as tmp, open(tmp, "wb") as handle:
-                pickle.dump(self.entries, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            with _io.atomic_path(self.path) as tmp, open(tmp, "w") as handle:
+                json.dump({"format": self.FORMAT, "files": self.entries}, handle, separators=(",", ":"))
             self.dirty = False
 
 
@@ -247,7 +271,7 @@ def lineage(config: dict) -> dict:
     }
 
 
-HASH_CACHE = Path(".doctrain") / "hash-cache.pickle"  # relative to the workflow's working directory
+HASH_CACHE = Path(".doctrain") / "hash-cache.json"  # relative to the workflow's working directory
 
 
 def dataset_fingerprint(manifest: str | Path, cache: HashCache | None = None) -> str | None:
@@ -260,13 +284,12 @@ def dataset_fingerprint(manifest: str | Path, cache: HashCache | None = None) ->
     return None if digest is None else canonical_json(digest) + "\n"
 
 
-def refresh_dataset_fingerprints(targets: dict[str, str]) -> None:
+def refresh_dataset_fingerprints(targets: dict[str, str], cache: HashCache) -> None:
     """For each existing fingerprint file (path -> manifest), rewrite it if the data changed.
 
     Only changed content is written, so a stage that takes the file as input reruns exactly when the
     manifest or a listed file changed: an mtime-only change leaves the file, and Snakemake's checksum
     of it, as they were. Missing files are left to the workflow rule that makes them."""
-    cache = HashCache(HASH_CACHE)
     texts: dict[str, str | None] = {}  # experiments often share a manifest: hash it once
     for target, manifest in targets.items():
         if Path(target).exists():
@@ -274,4 +297,3 @@ def refresh_dataset_fingerprints(targets: dict[str, str]) -> None:
                 texts[manifest] = dataset_fingerprint(manifest, cache)
             if texts[manifest] is not None:
                 _io.write_if_changed(target, texts[manifest])
-    cache.save()

@@ -5,17 +5,34 @@ functions, so training and inference cannot drift apart."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Validation applies its own limit (data.max_image_pixels) from the header; Pillow's fixed one would
+# refuse sizes a user allowed, and Pillow only ever reads headers here.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the encoded image's header without decoding it; None when not an image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
 
 
 def decode_bgr(data: bytes) -> np.ndarray | None:
     """Decode encoded image bytes to uint8 BGR [H, W, 3]; None when they are not an image."""
-    array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
     return array if array is not None and array.size else None
 
 

@@ -11,8 +11,11 @@ is stable) are held out for validation: validation is zero-shot, on classes neve
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,22 +90,49 @@ class _FileCheck:
     problem: str | None = None
 
 
-def _check_file(path: Path) -> _FileCheck:
+_FILE_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def _check_file(path: Path, max_pixels: int) -> _FileCheck:
     try:
+        # stat, not open: opening a FIFO would block for ever. It follows symlinks, so a loop, a path
+        # through a regular file or an over-long name is an OSError here, reported like any other.
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            return _FileCheck(problem=f"{path} is {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a regular file')}")
         data = path.read_bytes()
     except FileNotFoundError:
         return _FileCheck(problem=f"file {path} does not exist")
-    except OSError as exc:
-        return _FileCheck(problem=f"file {path} cannot be read ({exc.strerror})")
+    except (OSError, ValueError) as exc:
+        return _FileCheck(problem=f"file {path} cannot be read ({getattr(exc, 'strerror', None) or exc})")
+    sha256 = hashlib.sha256(data).hexdigest()
+    if not data:
+        return _FileCheck(sha256, problem=f"file {path} is empty (0 bytes)")
+    size = images.header_size(data)
+    if size is None:
+        return _FileCheck(sha256, problem=f"file {path} does not decode as an image")
+    width, height = size
+    if width * height > max_pixels:
+        return _FileCheck(
+            sha256,
+            problem=f"file {path} is {width} x {height} = {width * height / 1e6:.1f} MP, above "
+            f"data.max_image_pixels ({max_pixels / 1e6:g} MP)",
+        )
     image = images.decode_bgr(data)
     if image is None:
-        return _FileCheck(
-            hashlib.sha256(data).hexdigest(), problem=f"file {path} does not decode as an image"
-        )
-    return _FileCheck(hashlib.sha256(data).hexdigest(), image.shape[0], image.shape[1])
+        return _FileCheck(sha256, problem=f"file {path} does not decode as an image")
+    return _FileCheck(sha256, image.shape[0], image.shape[1])
 
 
-def validate(manifest: str | Path, min_classes: int = 2, threads: int = 8) -> pd.DataFrame:
+def validate(
+    manifest: str | Path, min_classes: int = 2, max_pixels: int = 50_000_000, threads: int = 8
+) -> pd.DataFrame:
     """Check every row and return the validated table (resolved path, label, split, sha256, size).
 
     All problems are collected and raised together as one UserError, each naming file and row."""
@@ -118,7 +148,7 @@ def validate(manifest: str | Path, min_classes: int = 2, threads: int = 8) -> pd
     with ThreadPoolExecutor(threads) as pool:
         checks = list(
             tqdm(
-                pool.map(_check_file, paths),
+                pool.map(functools.partial(_check_file, max_pixels=max_pixels), paths),
                 total=len(paths),
                 desc="validate: reading images",
                 unit="img",
@@ -224,7 +254,8 @@ def write(frame: pd.DataFrame, out: str | Path) -> None:
 
 def run_stage(settings: dict, manifest: str | Path, validated: str | Path, report: str | Path) -> None:
     """Validate the manifest; publish the validated table and a short report."""
-    table = validate(manifest, settings["data"]["min_classes_per_split"])
+    data = settings["data"]
+    table = validate(manifest, data["min_classes_per_split"], data["max_image_pixels"])
     summary = {
         split: {
             "images": int((table["split"] == split).sum()),
@@ -232,6 +263,7 @@ def run_stage(settings: dict, manifest: str | Path, validated: str | Path, repor
         }
         for split in SPLITS
     }
-    _io.write_json_atomic(report, {"dataset_sha256": content_digest(table), "splits": summary})
     with _io.atomic_path(validated) as tmp:
         table.to_parquet(tmp, index=False)
+    # The report is the stage's stamp, written last.
+    _io.write_stamp(report, {"dataset_sha256": content_digest(table), "splits": summary}, [validated])

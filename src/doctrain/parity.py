@@ -174,10 +174,10 @@ def run_stage(
         print(json.dumps(report, indent=2), file=sys.stderr)
         raise UserError(failure_message(report, onnx_path))
     _io.write_json_atomic(report_path, report)
-    record = read_metadata(onnx_path)
-    record["parity"] = {"passed": True, "checks": len(report["checks"])}
-    record["onnx_sha256"] = _io.sha256_file(onnx_path)
-    record.update(provenance.build_site())
-    _io.write_json_atomic(provenance_path, record)
     with _io.atomic_path(published) as tmp:
         shutil.copyfile(onnx_path, tmp)
+    record = read_metadata(onnx_path)
+    record["parity"] = {"passed": True, "checks": len(report["checks"])}
+    record.update(provenance.build_site())
+    # provenance.json is the stage's stamp: it vouches for the published file's bytes.
+    _io.write_stamp(provenance_path, record, [published])

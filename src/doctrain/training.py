@@ -6,8 +6,10 @@ weights, and `EmbeddingModule.load_from_checkpoint` rebuilds the model from it a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,17 +49,43 @@ def build_module(settings: dict, num_classes: int, steps_per_epoch: int) -> Embe
     )
 
 
+def _loads(checkpoint: Path) -> bool:
+    try:
+        torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception:  # a damaged archive fails in torch's zip reader or in unpickling, variously
+        return False
+    return True
+
+
 def _resumable(work_dir: Path, resume_key: str) -> Path | None:
-    """The last epoch checkpoint of an interrupted run of exactly this training, if there is one.
-    Anything else in the work folder is stale and is removed, so it cannot be picked as "best"."""
+    """The last epoch checkpoint of an interrupted run of exactly this training, if there is one
+    and it loads. Anything else in the work folder is stale and is removed, so it cannot be picked
+    as "best"; a damaged checkpoint is set aside beside the folder, and training starts over."""
     last, key_file = work_dir / "checkpoints" / "last.ckpt", work_dir / "resume-key.txt"
     if last.exists() and key_file.exists() and key_file.read_text() == resume_key:
-        return last
+        if _loads(last):
+            return last
+        damaged = work_dir.with_name(f"{work_dir.name}.damaged-last.ckpt")
+        shutil.move(last, damaged)
+        print(f"warning: {last} does not load (damaged); set aside as {damaged}; training starts over")
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
     key_file.write_text(resume_key)
     return None
+
+
+@contextlib.contextmanager
+def _temporary_files_in(folder: Path):
+    """Lightning writes each checkpoint to a temporary file and moves it into place; in the system's
+    temporary folder that move is a copy across filesystems, which a kill or a full disk can leave
+    half done under the final name. Beside the checkpoints it is an atomic rename."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 def train(
@@ -67,7 +95,8 @@ def train(
 
     Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
     outputs), so a rerun with the same `resume_key` (settings, code, input) resumes from the last
-    finished epoch; everything training draws is seeded per epoch, so it ends at the same weights."""
+    epoch Lightning saved (its last.ckpt follows the top-k saves, so later epochs may be repeated);
+    everything training draws is seeded per epoch, so it ends at the same weights."""
     work_dir = Path(work_dir)
     resume_from = _resumable(work_dir, resume_key)
     L.seed_everything(settings["seed"], workers=True, verbose=False)
@@ -105,7 +134,8 @@ def train(
     started = time.perf_counter()
     if resume_from:
         print(f"resuming from {resume_from} (a previous run of this training was interrupted)")
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
+    with _temporary_files_in(work_dir / "tmp"):
+        trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
 
     selected = EmbeddingModule.load_from_checkpoint(best.best_model_path, map_location="cpu", strict=True)
@@ -179,7 +209,7 @@ def run_stage(
     )
     # The stamp is written last: it is what downstream stages compare (the checkpoint goes to them
     # as an ancient() input), and it names the weights, not the file.
-    _io.write_json_atomic(
-        stamp,
-        {"checkpoint_sha256": _io.sha256_file(checkpoint), "state_dict_sha256": result["state_dict_sha256"]},
-    )
+    _io.write_stamp(stamp, {"state_dict_sha256": result["state_dict_sha256"]}, [checkpoint])
+    # Finished: nothing to resume. A later run of the same training (its checkpoint was damaged)
+    # starts over rather than from a last.ckpt that may predate the selected epoch's bookkeeping.
+    (Path(work_dir) / "resume-key.txt").unlink()
