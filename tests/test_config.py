@@ -71,3 +71,30 @@ def test_reference_config_is_the_recipe():
 def test_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_non_finite_numbers_are_refused_with_their_path():
+    raw = yaml.safe_load("optimizer: {lr: .nan, betas: [0.9, .inf]}")
+    expected = r"optimizer\.lr: nan is not a finite number.*optimizer\.betas\.1: inf"
+    with pytest.raises(UserError, match=expected):
+        validate_config(raw)
+
+
+def test_an_epoch_must_hold_at_least_one_batch():
+    with pytest.raises(UserError, match=r"data\.samples_per_epoch \(100\) must be at least data\.batch_size"):
+        validate_config({"data": {"samples_per_epoch": 100, "batch_size": 256}})
+
+
+def test_experiment_names_are_restricted_and_broken_configs_listed_together(tmp_path):
+    from doctrain import experiments
+
+    good = (ROOT / "configs" / "smoke.yaml").read_text()
+    for name in ("ok", "e;touch PWNED;f", "p(q", "with space", ".hidden"):
+        (tmp_path / f"{name}.yaml").write_text(good)
+    (tmp_path / "nan.yaml").write_text("optimizer: {lr: .nan}\n")
+    found = experiments.find(tmp_path)
+    assert list(found.configs) == ["ok"]
+    assert set(found.broken) == {"e;touch PWNED;f", "p(q", "with space", ".hidden", "nan"}
+    message = found.broken_message()
+    assert message.startswith("5 experiment config(s) cannot be used")
+    assert "the experiment name 'p(q' may only hold letters" in message and "lr: nan" in message

@@ -94,3 +94,36 @@ def test_unsupported_manifest_format(tmp_path):
     (tmp_path / "m.json").write_text("[]")
     with pytest.raises(UserError, match="must be a .csv or .parquet"):
         manifest.validate(tmp_path / "m.json")
+
+
+def test_rows_that_are_not_plain_readable_images_are_reported_not_raised(image_tree, tmp_path):
+    """Issue 9, reproduction 5: each of these crashed, hung or exhausted memory before."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    frame = manifest.build(image_tree)
+    (image_tree / "empty.png").write_bytes(b"")
+    os.symlink("loop-b.png", image_tree / "loop-a.png")
+    os.symlink("loop-a.png", image_tree / "loop-b.png")
+    os.mkfifo(image_tree / "fifo.png")
+    # 6000 x 5000 of one colour: 30 MP, a few kB compressed; the limit below is 20 MP.
+    cv2.imwrite(str(image_tree / "huge.png"), np.zeros((5000, 6000, 3), dtype=np.uint8))
+    odd = {
+        "empty.png": "is empty (0 bytes)",
+        "loop-a.png": "cannot be read (Too many levels of symbolic links)",
+        f"{frame['path'][0]}/x.png": "cannot be read (Not a directory)",
+        "n" * 300 + ".png": "cannot be read (File name too long)",
+        "fifo.png": "is a FIFO",
+        "train/a": "is a folder",
+        "huge.png": "is 6000 x 5000 = 30.0 MP, above data.max_image_pixels (20 MP)",
+    }
+    rows = pd.DataFrame([{"path": p, "label": "a", "split": "train"} for p in odd])
+    pd.concat([frame, rows], ignore_index=True).to_csv(image_tree / "m.csv", index=False)
+    with pytest.raises(UserError) as caught:
+        manifest.validate(image_tree / "m.csv", max_pixels=20_000_000)
+    message = str(caught.value)
+    assert f"{len(odd)} manifest problem(s)" in message
+    for line, (path, problem) in enumerate(odd.items(), start=len(frame) + 2):
+        assert f"m.csv:{line}: " in message and problem in message, (path, problem)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from doctrain import _io
 from tests.conftest import TARGET, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -183,7 +184,8 @@ def test_two_clean_builds_in_different_directories_are_byte_identical(built, tmp
 
 def test_a_perturbed_export_fails_verification_and_is_not_published(built):
     onnx_path = built / "results/smoke/model.unverified.onnx"
-    original = onnx_path.read_bytes()
+    stamp_path = built / "results/smoke/model.unverified.stamp.json"
+    original, original_stamp = onnx_path.read_bytes(), stamp_path.read_bytes()
     try:
         import onnx
 
@@ -193,11 +195,16 @@ def test_a_perturbed_export_fails_verification_and_is_not_published(built):
         array.flat[::5] *= 1.01
         weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
         onnx.save(model, str(onnx_path))
+        # As an exporter bug would: the stamp vouches for the wrong bytes (else the damage is
+        # noticed before verification and the export is simply redone).
+        relative = str(onnx_path.relative_to(built))
+        stamp_path.write_text(json.dumps({"artefacts": {relative: _io.sha256_file(onnx_path)}}))
         result = snakemake(built, "--forcerun", "verify", TARGET)
         assert result.returncode != 0
         assert "failed parity verification and is not published" in result.stdout + result.stderr
         assert not (built / TARGET).exists()
     finally:
         onnx_path.write_bytes(original)
+        stamp_path.write_bytes(original_stamp)
         assert snakemake(built, TARGET).returncode == 0
     assert (built / TARGET).exists()

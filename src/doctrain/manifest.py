@@ -161,7 +161,7 @@ def validate(
         if "split" in frame.columns
         else ["val" if _held_out(label) else "train" for label in frame["label"]]
     )
-    first_row_of: dict[Path, int] = {}
+    first_row_of: dict[str, int] = {}
     for row, (raw_path, label, split, path, check) in enumerate(
         zip(frame["path"], frame["label"], splits, paths, checks, strict=True)
     ):
@@ -173,7 +173,7 @@ def validate(
             problems.append(f"{where}: empty label")
         if split not in SPLITS:
             problems.append(f"{where}: split '{split}' is not one of {list(SPLITS)}")
-        key = path.resolve()
+        key = os.path.realpath(path)  # unlike Path.resolve, never raises (a symlink loop is a row problem)
         if key in first_row_of:
             problems.append(
                 f"{where}: duplicate path {raw_path} (first listed at {_where(manifest, first_row_of[key])})"
@@ -193,7 +193,7 @@ def validate(
 
     table = pd.DataFrame(
         {
-            "path": [str(p.resolve()) for p in paths],
+            "path": [os.path.realpath(p) for p in paths],
             "label": list(frame["label"]),
             "split": splits,
             "sha256": [c.sha256 for c in checks],

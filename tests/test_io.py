@@ -1,0 +1,68 @@
+"""Files the stages write: atomic, readable by the group as the umask says, and the hash cache."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+from doctrain import _io
+from doctrain.fingerprint import HashCache
+
+
+def test_published_files_follow_the_umask_not_mkstemp(tmp_path):
+    """Issue 9, reproduction 7: every artefact was mode 0600 whatever the umask."""
+    script = (
+        "import os, sys; os.umask(int(sys.argv[2], 8)); from doctrain import _io; "
+        "_io.write_text_atomic(sys.argv[1], 'x')"
+    )
+    for umask, mode in (("022", 0o644), ("002", 0o664), ("077", 0o600)):
+        target = tmp_path / f"umask-{umask}.txt"
+        subprocess.run([sys.executable, "-c", script, str(target), umask], check=True)
+        assert target.stat().st_mode & 0o777 == mode, umask
+
+
+def test_hash_cache_is_json_and_a_damaged_one_is_discarded_with_a_warning(tmp_path, capsys):
+    """Issue 9, reproduction 6: the cache was a pickle, so a crafted file ran code at `snakemake -n`."""
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"content")
+    cache_path = tmp_path / "cache.json"
+    cache = HashCache(cache_path)
+    digest = cache.sha256(data)
+    cache.save()
+    assert json.loads(cache_path.read_text())["files"][str(data)].endswith(digest)
+
+    for damage in (b"\x80\x04not json", b'{"format": "doctrain-hash-cache/1", "files": [1, 2]}', b"[]"):
+        cache_path.write_bytes(damage)
+        reloaded = HashCache(cache_path)
+        assert "is damaged; files are hashed again" in capsys.readouterr().err
+        assert reloaded.sha256(data) == digest
+
+    # A pickle that would run code when loaded is only ever read as (damaged) JSON.
+    marker = tmp_path / "PWNED"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    cache_path.write_bytes(pickle.dumps(Exploit()))
+    assert HashCache(cache_path).sha256(data) == digest
+    assert not marker.exists()
+
+
+def test_hash_cache_answers_none_for_what_is_not_a_readable_regular_file(tmp_path):
+    cache = HashCache(tmp_path / "cache.json")
+    os.symlink("b", tmp_path / "a")
+    os.symlink("a", tmp_path / "b")
+    (tmp_path / "file").write_bytes(b"x")
+    os.mkfifo(tmp_path / "fifo")
+    for path in ("a", "file/x", "n" * 300, "fifo", ".", "nul\0byte"):
+        assert cache.sha256(tmp_path / path) is None, path
+
+
+def test_stamp_records_the_digest_of_each_artefact(tmp_path):
+    artefact = tmp_path / "weights.bin"
+    artefact.write_bytes(b"weights")
+    _io.write_stamp(tmp_path / "stamp.json", {"epoch": 3}, [artefact])
+    stamp = json.loads((tmp_path / "stamp.json").read_text())
+    assert stamp == {"epoch": 3, "artefacts": {str(artefact): _io.sha256_file(artefact)}}
