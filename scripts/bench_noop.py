@@ -8,17 +8,21 @@ once), then times, side by side and alternating:
              code digested, and the 100,000 files stat-ed against the hash cache; nothing to do.
   plan all   `snakemake -n` of the 20 ONNX targets: the same, plus planning 120 jobs.
 Prints a table with medians and the ratio no-op / trivial (target: no-op <= 3 s and <= 2x).
+With --compare REV, the same two invocations of the workflow as it was at git revision REV run
+alternating with these, over the same data, so a change is judged side by side in one run.
 
-    python scripts/bench_noop.py [--images 100000] [--experiments 20] [--repeats 5]
+    python scripts/bench_noop.py [--images 100000] [--experiments 20] [--repeats 5] [--compare REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +31,9 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import copy_workflow  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.conftest import WORKFLOW_PARTS, copy_workflow  # noqa: E402
 
 TRIVIAL = 'rule all:\n    output: "trivial.txt"\n    shell: "touch {output}"\n'
 
@@ -48,6 +53,16 @@ def make_dataset(root: Path, images: int) -> Path:
     return manifest
 
 
+def workflow_at(revision: str, dest: Path) -> Path:
+    """The workflow's files as they were at a git revision."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, *WORKFLOW_PARTS], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
 def run(cmd: list[str], cwd: Path) -> float:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     start = time.perf_counter()
@@ -64,20 +79,24 @@ def main() -> None:
     parser.add_argument("--experiments", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (to profile)")
+    parser.add_argument("--compare", metavar="REV", help="also time the workflow as at this git revision")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="doctrain-bench-") as scratch:
         tmp = args.keep or Path(scratch)
-        workdir = copy_workflow(tmp / "workflow")
-        for path in (workdir / "configs").glob("*.yaml"):
-            path.unlink()
+        workdirs = {"": copy_workflow(tmp / "workflow")}
+        if args.compare:
+            workdirs[f" ({args.compare})"] = workflow_at(args.compare, tmp / "baseline")
         manifest = make_dataset(tmp / "data", args.images)
-        base = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("configs/smoke.yaml").read_text())
+        base = yaml.safe_load(ROOT.joinpath("configs/smoke.yaml").read_text())
         base["data"].pop("synth")
         base["data"]["manifest"] = str(manifest)
-        for i in range(args.experiments):
-            base["optimizer"]["lr"] = 1.0e-3 * (i + 1)
-            (workdir / "configs" / f"exp{i:02d}.yaml").write_text(yaml.safe_dump(base))
+        for workdir in workdirs.values():
+            for path in (workdir / "configs").glob("*.yaml"):
+                path.unlink()
+            for i in range(args.experiments):
+                base["optimizer"]["lr"] = 1.0e-3 * (i + 1)
+                (workdir / "configs" / f"exp{i:02d}.yaml").write_text(yaml.safe_dump(base))
         trivial = tmp / "trivial"
         trivial.mkdir()
         (trivial / "Snakefile").write_text(TRIVIAL)
@@ -86,14 +105,17 @@ def main() -> None:
         fingerprints = [f"results/exp{i:02d}/dataset.fingerprint.json" for i in range(args.experiments)]
         onnx = [f"results/exp{i:02d}.onnx" for i in range(args.experiments)]
         started = time.perf_counter()
-        run([*snakemake, *fingerprints], workdir)
+        run([*snakemake, *fingerprints], workdirs[""])
         first = time.perf_counter() - started
+        for workdir in list(workdirs.values())[1:]:
+            run([*snakemake, *fingerprints], workdir)
 
-        times: dict[str, list[float]] = {"trivial": [], "no-op": [], "plan all": []}
+        times: dict[str, list[float]] = {"trivial": []}
         for _ in range(args.repeats):
             times["trivial"].append(run([*snakemake, "-n"], trivial))
-            times["no-op"].append(run([*snakemake, "-n", *fingerprints], workdir))
-            times["plan all"].append(run([*snakemake, "-n", *onnx], workdir))
+            for label, workdir in workdirs.items():
+                times.setdefault(f"no-op{label}", []).append(run([*snakemake, "-n", *fingerprints], workdir))
+                times.setdefault(f"plan all{label}", []).append(run([*snakemake, "-n", *onnx], workdir))
 
     median = {name: statistics.median(values) for name, values in times.items()}
     print(

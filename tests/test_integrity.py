@@ -205,3 +205,21 @@ def test_a_damaged_resume_checkpoint_is_set_aside_and_training_starts_over(built
     assert f"{last} does not load (damaged)" in capsys.readouterr().out
     assert (tmp_path / "train.damaged-last.ckpt").stat().st_size == last.stat().st_size // 2
     assert second["state_dict_sha256"] == first["state_dict_sha256"]
+
+
+def test_status_says_whether_the_published_model_is_what_the_inputs_build(copy):
+    def status() -> tuple[int, str]:
+        import subprocess
+        import sys
+
+        result = subprocess.run(
+            [sys.executable, "-m", "doctrain", "status", "smoke"], cwd=copy, capture_output=True, text=True
+        )
+        return result.returncode, result.stdout
+
+    assert status() == (0, "smoke: current: results/smoke.onnx is what it builds\n")
+    edit_config(copy, lambda config: config["optimizer"].update(lr=3.0e-3))
+    flip_published_byte(copy)
+    code, said = status()
+    assert code == 1 and "the settings in configs/smoke.yaml changed since it was built" in said
+    assert "results/smoke.onnx has changed since the verify step wrote it" in said

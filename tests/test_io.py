@@ -30,9 +30,10 @@ def test_hash_cache_is_json_and_a_damaged_one_is_discarded_with_a_warning(tmp_pa
     cache = HashCache(cache_path)
     digest = cache.sha256(data)
     cache.save()
-    assert json.loads(cache_path.read_text())["files"][str(data)].endswith(digest)
+    assert json.loads(cache_path.read_text())["sha256"][str(data)] == digest
 
-    for damage in (b"\x80\x04not json", b'{"format": "doctrain-hash-cache/1", "files": [1, 2]}', b"[]"):
+    wrong_shape = b'{"format": "doctrain-hash-cache/2", "identity": {"x": "1"}, "sha256": {}}'
+    for damage in (b"\x80\x04not json", wrong_shape, b"[]"):
         cache_path.write_bytes(damage)
         reloaded = HashCache(cache_path)
         assert "is damaged; files are hashed again" in capsys.readouterr().err

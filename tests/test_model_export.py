@@ -153,3 +153,13 @@ def test_contract_problems_name_the_mismatch(tmp_path):
     problems = parity.contract_problems(parity.session(path))
     assert "inputs are ['image'], the contract wants exactly ['img']" in problems
     assert "outputs are ['embedding', 'raw'], the contract wants 'feats'" in problems
+
+
+def test_every_metadata_value_is_a_json_document(tmp_path, trained, config):
+    """The consumer's ONNX engine json-decodes every metadata_props value when it opens a model."""
+    import json
+
+    model = onnx.load(str(export_to(tmp_path / "m.onnx", trained, config)))
+    values = {p.key: json.loads(p.value) for p in model.metadata_props}
+    assert values["doctrain.config_name"] == "unit"
+    assert export.read_metadata(tmp_path / "m.onnx")["input"]["name"] == "img"

@@ -140,6 +140,29 @@ def _provenance(args: argparse.Namespace) -> None:
     print(json.dumps(record, indent=2, sort_keys=True) if args.json else format_record(record))
 
 
+def _status(args: argparse.Namespace) -> int:
+    from doctrain import experiments, fingerprint, integrity
+
+    found = experiments.find("configs")
+    names = args.experiments or sorted(found.configs)
+    unknown = [n for n in names if n not in found.configs]
+    if unknown:
+        raise UserError(
+            found.broken_message()
+            if set(unknown) & set(found.broken)
+            else f"no configs/{unknown[0]}.yaml (experiments: {', '.join(found.configs)})"
+        )
+    cache = fingerprint.HashCache(fingerprint.HASH_CACHE)
+    stale = 0
+    for name in names:
+        problems = integrity.status(name, found.configs[name], cache)
+        stale += bool(problems)
+        answer = "; ".join(problems) if problems else f"current: results/{name}.onnx is what it builds"
+        print(f"{name}: {answer}")
+    cache.save()
+    return 1 if stale else 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="doctrain", description=__doc__.split("\n\n")[0])
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -187,6 +210,13 @@ def parser() -> argparse.ArgumentParser:
     cls.add_argument("images", nargs="+", help="images to classify")
     cls.set_defaults(func=_classify)
 
+    status = sub.add_parser(
+        "status",
+        help="is results/EXP.onnx what the current config, code and data build? (exit 1 when not)",
+    )
+    status.add_argument("experiments", nargs="*", metavar="EXP", help="experiments (default: every config)")
+    status.set_defaults(func=_status)
+
     prov = sub.add_parser("provenance", help="print what an exported ONNX file was built from")
     prov.add_argument("model")
     prov.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -197,11 +227,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except UserError as exc:
         print(f"doctrain: error: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

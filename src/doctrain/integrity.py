@@ -83,3 +83,36 @@ def first_break(exp: str, cache: HashCache) -> Break | None:
                     f"{stamp} records {str(recorded)[:12]}…)",
                 )
     return None
+
+
+def status(exp: str, config: dict, cache: HashCache) -> list[str]:
+    """Why results/{exp}.onnx is not what the current config, code and data build ([] when it is)."""
+    import onnx
+
+    from doctrain.fingerprint import dataset_fingerprint, lineage
+    from doctrain.provenance import from_metadata
+
+    published = PUBLISHED.format(exp=exp)
+    if not os.path.exists(published):
+        return [f"{published} has not been built"]
+    problems = []
+    damage = first_break(exp, cache)
+    if damage is not None:
+        problems.append(damage.reason)
+    try:
+        model = onnx.load(published, load_external_data=False)
+        built = from_metadata({p.key: p.value for p in model.metadata_props})
+    except Exception as exc:  # protobuf raises its own DecodeError for a damaged file
+        return problems + [f"{published} cannot be read as ONNX ({exc})"]
+    for key, what in (
+        ("config_sha256", "the settings in configs/{exp}.yaml"),
+        ("code_sha256", "the library code"),
+        ("environment_sha256", "the pinned software environment"),
+    ):
+        if built.get(key) != lineage(config)[key]:
+            problems.append(f"{what.format(exp=exp)} changed since it was built")
+    recorded = f"results/{exp}/dataset.fingerprint.json"
+    current = dataset_fingerprint(config["data"]["manifest"], cache)
+    if current is None or not os.path.exists(recorded) or open(recorded).read() != current:
+        problems.append(f"the data listed in {config['data']['manifest']} changed since it was built")
+    return problems

@@ -61,9 +61,11 @@ def build_site() -> dict:
 
 
 def to_metadata(record: dict) -> dict[str, str]:
-    """Flat string pairs for ONNX metadata_props (nested values as canonical JSON)."""
+    """Flat string pairs for ONNX metadata_props, every value a JSON document (strings quoted): the
+    consumer's ONNX engine json-decodes each value when it opens the model, and a bare word or a
+    digest that starts with digits stops it from loading."""
     return {
-        METADATA_PREFIX + key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        METADATA_PREFIX + key: json.dumps(value, sort_keys=True)
         for key, value in sorted(record.items())
         if value is not None
     }
@@ -75,7 +77,7 @@ def from_metadata(props: dict[str, str]) -> dict:
         if key.startswith(METADATA_PREFIX):
             try:
                 out[key[len(METADATA_PREFIX) :]] = json.loads(value)
-            except json.JSONDecodeError:
+            except json.JSONDecodeError:  # written by doctrain before every value was JSON
                 out[key[len(METADATA_PREFIX) :]] = value
     return out
 
