@@ -53,27 +53,36 @@ print(json.dumps({"registered": sorted(classifier.bank), "answers": answers}))
 
 
 @pytest.fixture(scope="session")
-def consumer_python(tmp_path_factory) -> Path:
+def consumer_python() -> Path:
     missing = [p for p in (FONT, LIBTURBOJPEG) if not p.exists()]
     if missing:
         if os.geteuid() != 0:
             pytest.skip(f"the consumer needs {', '.join(map(str, missing))}; installing them needs root")
         apt_install("fonts-dejavu-core", "libturbojpeg0")
-    root = tmp_path_factory.mktemp("consumer") / "venv"
-    venv.create(root, with_pip=True)
+    # Kept between runs (it is a few hundred MB from PyPI), named by what it holds.
+    root = Path.home() / ".cache" / "doctrain-tests" / ("consumer-" + "-".join(PACKAGES).replace("<", "lt"))
     python = root / "bin" / "python"
+    if python.exists():
+        return python
+    building = root.with_name(root.name + ".partial")
+    shutil.rmtree(building, ignore_errors=True)
+    venv.create(building, with_pip=True)
     installed = subprocess.run(
-        [python, "-m", "pip", "install", "-q", *PACKAGES], capture_output=True, text=True, timeout=900
+        [building / "bin" / "python", "-m", "pip", "install", "-q", *PACKAGES],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     if installed.returncode != 0:
         pytest.skip(f"the consumer's packages cannot be installed here: {installed.stderr[-500:]}")
     site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        [building / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
     shutil.copyfile(FONT, Path(site) / "capybara" / "vision" / "visualization" / "NotoSansMonoCJKtc-VF.ttf")
+    building.rename(root)
     return python
 
 
