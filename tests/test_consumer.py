@@ -8,6 +8,7 @@ package index, not root for the Debian packages) the test is skipped, saying why
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -60,7 +61,8 @@ def consumer_python() -> Path:
             pytest.skip(f"the consumer needs {', '.join(map(str, missing))}; installing them needs root")
         apt_install("fonts-dejavu-core", "libturbojpeg0")
     # Kept between runs (it is a few hundred MB from PyPI), named by what it holds.
-    root = Path.home() / ".cache" / "doctrain-tests" / ("consumer-" + "-".join(PACKAGES).replace("<", "lt"))
+    pins = hashlib.sha256(" ".join(PACKAGES).encode()).hexdigest()[:12]
+    root = Path.home() / ".cache" / "doctrain-tests" / f"consumer-{pins}"
     python = root / "bin" / "python"
     if python.exists():
         return python
