@@ -18,8 +18,11 @@ from doctrain.container import check_present, image as container_image
 from doctrain.config import canonical_json
 from doctrain.errors import UserError
 
-# Every rule runs the library the same way; the checkout's src/ wins over any installed copy.
-DOCTRAIN = f"PYTHONPATH={shlex.quote(str(SRC))}${{PYTHONPATH:+:$PYTHONPATH}} python -m doctrain"
+# Every rule runs `python -m doctrain`, and the checkout's src/ wins over any installed copy. The
+# prefix is Snakemake's own bash default plus that path: not part of any rule's command, so moving
+# the checkout reruns nothing.
+SRC_QUOTED = shlex.quote(str(SRC))
+shell.prefix("set -euo pipefail; export PYTHONPATH={SRC_QUOTED}${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 # A broken or badly named config stops only its own targets (rule config_error), not the others.
 FOUND = experiments.find(os.path.relpath(Path(workflow.basedir, "configs")))

@@ -12,7 +12,7 @@ rule synth:
         code=code("synth"),
         env=ENVIRONMENT,
     shell:
-        "{DOCTRAIN} synth --settings {params.settings:q} --manifest {output.manifest:q} 2>&1 | tee {log:q}"
+        "python -m doctrain synth --settings {params.settings:q} --manifest {output.manifest:q} 2>&1 | tee {log:q}"
 
 
 rule dataset_fingerprint:
@@ -24,7 +24,7 @@ rule dataset_fingerprint:
     log:
         "results/{exp}/logs/dataset_fingerprint.log",
     shell:
-        "{DOCTRAIN} dataset-fingerprint --manifest {input.manifest:q} --out {output:q} 2>&1 | tee {log:q}"
+        "python -m doctrain dataset-fingerprint --manifest {input.manifest:q} --out {output:q} 2>&1 | tee {log:q}"
 
 
 rule validate:
@@ -43,7 +43,7 @@ rule validate:
         env=ENVIRONMENT,
     threads: 2
     shell:
-        "{DOCTRAIN} validate --settings {params.settings:q} --manifest {input.manifest:q}"
+        "python -m doctrain validate --settings {params.settings:q} --manifest {input.manifest:q}"
         " --validated {output.validated:q} --report {output.report:q} 2>&1 | tee {log:q}"
 
 
@@ -63,5 +63,5 @@ rule prepare:
         code=code("prepare"),
         env=ENVIRONMENT,
     shell:
-        "{DOCTRAIN} prepare --settings {params.settings:q} --validated {input.validated:q}"
+        "python -m doctrain prepare --settings {params.settings:q} --validated {input.validated:q}"
         " --cache-dir results/{wildcards.exp:q}/cache 2>&1 | tee {log:q}"

@@ -21,7 +21,7 @@ rule export:
         env=ENVIRONMENT,
         lineage=lambda w: canonical_json(fingerprint.lineage(EXPERIMENTS[w.exp])),
     shell:
-        "{DOCTRAIN} export --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
+        "python -m doctrain export --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
         " --train-stamp {input.train_stamp:q} --validation-report {input.validation:q}"
         " --out {output.onnx:q} --stamp {output.stamp:q} --name {wildcards.exp:q}"
         " --lineage {params.lineage:q} 2>&1 | tee {log:q}"
@@ -48,7 +48,7 @@ rule verify:
         code=code("verify"),
         env=ENVIRONMENT,
     shell:
-        "{DOCTRAIN} verify --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
+        "python -m doctrain verify --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
         " --onnx-path {input.onnx:q} --cache-dir results/{wildcards.exp:q}/cache"
         " --report-path {output.report:q} --provenance-path {output.provenance:q}"
         " --published {output.onnx:q} 2>&1 | tee {log:q}"

@@ -33,7 +33,7 @@ rule train:
         cpus_per_gpu=train_cpus,
         mem_mb=train_mem_mb,
     shell:
-        "OMP_NUM_THREADS={threads} {DOCTRAIN} train --settings {params.settings:q}"
+        "OMP_NUM_THREADS={threads} python -m doctrain train --settings {params.settings:q}"
         " --cache-dir results/{wildcards.exp:q}/cache --work-dir results/{wildcards.exp:q}/work/train"
         " --checkpoint {output.checkpoint:q} --stamp {output.stamp:q} --metrics {output.metrics:q}"
         " --log-csv {output.log_csv:q} --roc-png {output.roc:q} --curves-png {output.curves:q}"

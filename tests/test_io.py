@@ -39,6 +39,10 @@ def test_hash_cache_is_json_and_a_damaged_one_is_discarded_with_a_warning(tmp_pa
         assert "is damaged; files are hashed again" in capsys.readouterr().err
         assert reloaded.sha256(data) == digest
 
+    cache_path.write_text('{"format": "doctrain-hash-cache/0", "entries": []}')
+    assert HashCache(cache_path).sha256(data) == digest
+    assert capsys.readouterr().err == ""  # another version's cache is no damage
+
     # A pickle that would run code when loaded is only ever read as (damaged) JSON.
     marker = tmp_path / "PWNED"
 

@@ -189,16 +189,17 @@ class HashCache:
             return
         except (OSError, ValueError) as exc:
             stored = exc
+        self.dirty = True  # rewritten unless it loads as it is
+        if isinstance(stored, dict) and "format" in stored and stored["format"] != self.FORMAT:
+            return  # written by another doctrain version: files are hashed again, nothing is wrong
         if (
             isinstance(stored, dict)
-            and stored.get("format") == self.FORMAT
             and isinstance(stored.get("files"), dict)
             and all(isinstance(v, str) for v in stored["files"].values())
         ):
-            self.entries = stored["files"]
+            self.entries, self.dirty = stored["files"], False
         else:
             print(f"doctrain: warning: {self.path} is damaged; files are hashed again", file=sys.stderr)
-            self.dirty = True
 
     def sha256(self, path: str | Path) -> str | None:
         """The file's digest, or None when there is no readable regular file at `path`."""
