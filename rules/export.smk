@@ -6,6 +6,7 @@ rule export:
     input:
         checkpoint=ancient("results/{exp}/model.ckpt"),
         train_stamp="results/{exp}/model.stamp.json",
+        metrics="results/{exp}/metrics.json",
         validation="results/{exp}/data/validation.json",
         chain=integrity_check("export"),
     output:
@@ -22,7 +23,8 @@ rule export:
         lineage=lambda w: canonical_json(fingerprint.lineage(EXPERIMENTS[w.exp])),
     shell:
         "python -m doctrain export --settings {params.settings:q} --checkpoint {input.checkpoint:q}"
-        " --train-stamp {input.train_stamp:q} --validation-report {input.validation:q}"
+        " --train-stamp {input.train_stamp:q} --metrics {input.metrics:q}"
+        " --validation-report {input.validation:q}"
         " --out {output.onnx:q} --stamp {output.stamp:q} --name {wildcards.exp:q}"
         " --lineage {params.lineage:q} 2>&1 | tee {log:q}"
 

@@ -66,3 +66,33 @@ def test_schedule_warms_up_then_decays_linearly_to_zero():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.5)
     assert warmup_then_decay(100, 100, 10, 1.0) == 0.0
+
+
+def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
+    from doctrain.metrics import operating_point
+
+    val = {
+        "at_fpr": {
+            "0.0001": {"tpr": 0.1, "threshold": 0.99, "resolvable": False},
+            "0.001": {"tpr": 0.2, "threshold": 0.95, "resolvable": False},
+            "0.01": {"tpr": 0.5, "threshold": 0.9, "resolvable": True},
+            "0.1": {"tpr": 0.9, "threshold": 0.8, "resolvable": True},
+        }
+    }
+    assert operating_point(val, 1e-3) == {
+        "fpr": 0.01,
+        "requested_fpr": 1e-3,
+        "tpr": 0.5,
+        "threshold": 0.9,
+        "resolvable": True,
+    }
+    assert operating_point(val, 0.1)["threshold"] == 0.8
+    for figures in val["at_fpr"].values():
+        figures["resolvable"] = False
+    assert operating_point(val, 1e-3) | {} == {
+        "fpr": 0.1,
+        "requested_fpr": 1e-3,
+        "tpr": 0.9,
+        "threshold": 0.8,
+        "resolvable": False,
+    }

@@ -13,12 +13,16 @@ from doctrain.errors import UserError
 from doctrain.export import read_metadata
 from doctrain.parity import session
 
+# The 96-px reference models shipped with about this threshold; for models without their own.
+FALLBACK_THRESHOLD = 0.7
+
 
 @dataclass
 class Match:
     image: str
     label: str | None  # None when no template scores above the threshold
     score: float
+    nearest: str  # the best-scoring template, accepted or not
 
 
 class Classifier:
@@ -29,6 +33,7 @@ class Classifier:
         self.session = session(model_path)
         self.input_name, self.output_name = meta["input"]["name"], meta["output"]["name"]
         self.size = meta["preprocessing"]["height"]
+        self.threshold = meta.get("operating_point", {}).get("threshold", FALLBACK_THRESHOLD)
         self.labels: list[str] = []
         self.bank = np.zeros((0, meta["embedding_dim"]), dtype=np.float32)
 
@@ -53,4 +58,4 @@ class Classifier:
         scores = (self.bank @ self.embed(path) + 1) / 2
         best = int(scores.argmax())
         label = self.labels[best] if scores[best] > threshold else None  # strict, as the package does
-        return Match(str(path), label, float(scores[best]))
+        return Match(str(path), label, float(scores[best]), self.labels[best])

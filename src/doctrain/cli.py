@@ -30,6 +30,7 @@ STAGE_IO = {
     "export": [
         "checkpoint",
         "train_stamp",
+        "metrics",
         "validation_report",
         "out",
         "stamp",
@@ -125,9 +126,11 @@ def _classify(args: argparse.Namespace) -> None:
 
     classifier = Classifier(args.model)
     classifier.register(args.register)
+    threshold = classifier.threshold if args.threshold is None else args.threshold
     for image in args.images:
-        match = classifier.classify(image, args.threshold)
-        print(f"{image}\t{match.label or '(none)'}\t{match.score:.4f}")
+        match = classifier.classify(image, threshold)
+        label = match.label or f"(none: nearest {match.nearest})"
+        print(f"{image}\t{label}\t{match.score:.4f}")
 
 
 def _provenance(args: argparse.Namespace) -> None:
@@ -204,8 +207,8 @@ def parser() -> argparse.ArgumentParser:
     cls.add_argument(
         "--threshold",
         type=float,
-        default=0.7,
-        help="score (cos+1)/2 a match must exceed (default 0.7, as the 96-px reference models)",
+        help="score (cos+1)/2 a match must exceed (default: the model's operating threshold, "
+        "measured at the config's operating_point.fpr; 0.7 for a model without one)",
     )
     cls.add_argument("images", nargs="+", help="images to classify")
     cls.set_defaults(func=_classify)

@@ -13,6 +13,7 @@ from torch import nn
 
 from doctrain import _io, provenance
 from doctrain.lit_module import EmbeddingModule
+from doctrain.metrics import operating_point
 
 WRAPPERS: dict[str, type[nn.Module]] = {}
 
@@ -121,6 +122,7 @@ def run_stage(
     settings: dict,
     checkpoint: str | Path,
     train_stamp: str | Path,
+    metrics: str | Path,
     validation_report: str | Path,
     out: str | Path,
     stamp: str | Path,
@@ -129,6 +131,7 @@ def run_stage(
 ) -> None:
     module = load_trained(checkpoint)
     train_facts = json.loads(Path(train_stamp).read_text())
+    val = json.loads(Path(metrics).read_text())["val"]
     metadata = contract_metadata(settings, module.hparams.embed_dim, name)
     metadata.update(lineage)
     metadata.update(
@@ -136,6 +139,7 @@ def run_stage(
             "dataset_sha256": json.loads(Path(validation_report).read_text())["dataset_sha256"],
             "state_dict_sha256": train_facts["state_dict_sha256"],
             "versions": provenance.software_versions(),
+            "operating_point": operating_point(val, settings["operating_point"]["fpr"]),
         }
     )
     export(settings, module, out, metadata)

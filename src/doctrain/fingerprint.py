@@ -55,7 +55,7 @@ STAGES = {
             "trainer",
         ),
     ),
-    "export": Stage("doctrain.export", ("onnx",)),
+    "export": Stage("doctrain.export", ("onnx", "operating_point")),
     "verify": Stage("doctrain.parity", ("parity",)),
 }
 # Stages whose settings and code shape the exported file (its provenance digests cover these).

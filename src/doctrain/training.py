@@ -209,7 +209,7 @@ def run_stage(
     )
     # The stamp is written last: it is what downstream stages compare (the checkpoint goes to them
     # as an ancient() input), and it names the weights, not the file.
-    _io.write_stamp(stamp, {"state_dict_sha256": result["state_dict_sha256"]}, [checkpoint])
+    _io.write_stamp(stamp, {"state_dict_sha256": result["state_dict_sha256"]}, [checkpoint, metrics])
     # Finished: nothing to resume. A later run of the same training (its checkpoint was damaged)
     # starts over rather than from a last.ckpt that may predate the selected epoch's bookkeeping.
     (Path(work_dir) / "resume-key.txt").unlink()
