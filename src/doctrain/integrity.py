@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from doctrain.fingerprint import HashCache
 
@@ -104,15 +105,16 @@ def status(exp: str, config: dict, cache: HashCache) -> list[str]:
         built = from_metadata({p.key: p.value for p in model.metadata_props})
     except Exception as exc:  # protobuf raises its own DecodeError for a damaged file
         return problems + [f"{published} cannot be read as ONNX ({exc})"]
+    now = lineage(config)
     for key, what in (
-        ("config_sha256", "the settings in configs/{exp}.yaml"),
+        ("config_sha256", f"the settings in configs/{exp}.yaml"),
         ("code_sha256", "the library code"),
         ("environment_sha256", "the pinned software environment"),
     ):
-        if built.get(key) != lineage(config)[key]:
-            problems.append(f"{what.format(exp=exp)} changed since it was built")
-    recorded = f"results/{exp}/dataset.fingerprint.json"
+        if built.get(key) != now[key]:
+            problems.append(f"{what} changed since it was built")
+    recorded = Path(f"results/{exp}/dataset.fingerprint.json")
     current = dataset_fingerprint(config["data"]["manifest"], cache)
-    if current is None or not os.path.exists(recorded) or open(recorded).read() != current:
+    if current is None or not recorded.exists() or recorded.read_text() != current:
         problems.append(f"the data listed in {config['data']['manifest']} changed since it was built")
     return problems
