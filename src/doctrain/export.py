@@ -144,3 +144,11 @@ def run_stage(
     )
     export(settings, module, out, metadata)
     _io.write_stamp(stamp, {}, [out])
+    point, given, made = metadata["operating_point"], metadata["input"], metadata["output"]
+    opset = settings["onnx"]["options"]["opset_version"]
+    print(
+        f"exported {out}: {Path(out).stat().st_size:,} bytes, opset {opset}, "
+        f"input {given['name']} {given['shape']}, output {made['name']} {made['shape']}; "
+        f"operating threshold {point['threshold']:.4f} at FPR {point['fpr']:g} "
+        f"(requested {point['requested_fpr']:g}, TPR there {point['tpr']:.3f})"
+    )

@@ -170,6 +170,9 @@ def run_stage(
     published: str | Path,
 ) -> None:
     report = verify(settings, checkpoint, onnx_path, cache_dir)
+    for check in report["checks"]:
+        verdict = "ok    " if check["passed"] else "FAILED"
+        print(f"{verdict} {check['name']} = {check['value']:.3g} ({check['limit']})")
     if not report["passed"]:
         print(json.dumps(report, indent=2), file=sys.stderr)
         raise UserError(failure_message(report, onnx_path))
@@ -181,3 +184,4 @@ def run_stage(
     record.update(provenance.build_site())
     # provenance.json is the stage's stamp: it vouches for the published file's bytes.
     _io.write_stamp(provenance_path, record, [published])
+    print(f"published {published}: every one of {len(report['checks'])} checks passed")

@@ -210,6 +210,15 @@ def run_stage(
     # The stamp is written last: it is what downstream stages compare (the checkpoint goes to them
     # as an ancient() input), and it names the weights, not the file.
     _io.write_stamp(stamp, {"state_dict_sha256": result["state_dict_sha256"]}, [checkpoint, metrics])
+    val, speed = result["val"], result["train"]
+    at = ", ".join(f"TPR {v['tpr']:.3f} at FPR {k}" for k, v in val["at_fpr"].items() if v["resolvable"])
+    print(
+        f"{name}: selected epoch {selection['epoch']} of {settings['schedule']['epochs']} by val/auroc: "
+        f"AUROC {val['auroc']:.3f} on {val['positive_pairs']:,} same-class and {val['negative_pairs']:,} "
+        f"different-class validation pairs; {at or 'no FPR target resolvable'}. Trained "
+        f"{speed['samples']:,} samples in {speed['seconds']:.0f} s ({speed['samples_per_s']:,.0f} samples/s) "
+        f"on {speed['device']}."
+    )
     # Finished: nothing to resume. A later run of the same training (its checkpoint was damaged)
     # starts over rather than from a last.ckpt that may predate the selected epoch's bookkeeping.
     (Path(work_dir) / "resume-key.txt").unlink()
