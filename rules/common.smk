@@ -18,9 +18,9 @@ from doctrain.container import check_present, image as container_image
 from doctrain.config import canonical_json
 from doctrain.errors import UserError
 
-# Every rule runs `python -m doctrain`, and the checkout's src/ wins over any installed copy: the
-# prefix is Snakemake's own bash default plus that path, so no rule's command uses a variable from
-# outside the rule (what `snakemake --lint` asks).
+# All the rules run `python -m doctrain`, with the checkout's src/ ahead of any installed copy. The
+# prefix is Snakemake's own bash default plus that path, so the commands use no variable from
+# outside their rules (as `snakemake --lint` asks).
 SRC_QUOTED = shlex.quote(str(SRC))
 shell.prefix("set -euo pipefail; export PYTHONPATH={SRC_QUOTED}${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
