@@ -104,7 +104,7 @@ def _manifest_build(args: argparse.Namespace) -> None:
 def _manifest_check(args: argparse.Namespace) -> None:
     from doctrain import manifest
 
-    table = manifest.validate(args.manifest, args.min_classes, args.max_pixels)
+    table = manifest.validate(args.manifest, args.min_classes, args.max_pixels or manifest.MAX_PIXELS)
     for split in manifest.SPLITS:
         part = table[table["split"] == split]
         print(f"{split}: {len(part)} images, {part['label'].nunique()} classes")
@@ -182,7 +182,6 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--max-pixels",
         type=int,
-        default=50_000_000,
         help="largest image accepted, in pixels, read from its header (default 50 MP)",
     )
     check.set_defaults(func=_manifest_check)

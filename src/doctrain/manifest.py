@@ -31,6 +31,7 @@ OPTIONAL = ("split", "sha256")
 SPLITS = ("train", "val")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_LISTED = 200
+MAX_PIXELS = 50_000_000  # the schema's default of data.max_image_pixels, for use without a config
 
 
 def read_table(manifest: str | Path) -> pd.DataFrame:
@@ -131,7 +132,7 @@ def _check_file(path: Path, max_pixels: int) -> _FileCheck:
 
 
 def validate(
-    manifest: str | Path, min_classes: int = 2, max_pixels: int = 50_000_000, threads: int = 8
+    manifest: str | Path, min_classes: int = 2, max_pixels: int = MAX_PIXELS, threads: int = 8
 ) -> pd.DataFrame:
     """Check every row and return the validated table (resolved path, label, split, sha256, size).
 
