@@ -1,5 +1,6 @@
 # doctrain: dataset manifest -> validated data -> image cache -> checkpoint -> ONNX -> parity-verified ONNX.
-# Targets: results/{exp}.onnx for every configs/{exp}.yaml. Default target: the demo.
+# Targets: results/{exp}.onnx (the verified model) and results/{exp}/evaluation.json (its metrics)
+# for every configs/{exp}.yaml. Default target: the demo's.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -16,11 +17,11 @@ container: CONTAINER_IMAGE
 
 
 include: "rules/data.smk"
-include: "rules/train.smk"
-include: "rules/export.smk"
+include: "rules/stages.smk"
 
 
 rule all:
     default_target: True
     input:
         "results/demo.onnx",
+        "results/demo/evaluation.json",

@@ -13,7 +13,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))  # the library runs from the checkout, also inside containers
 
-from doctrain import experiments, fingerprint, integrity
+from doctrain import experiments, fingerprint, integrity, stages
 from doctrain.container import check_present, image as container_image
 from doctrain.config import canonical_json
 from doctrain.errors import UserError
@@ -121,19 +121,88 @@ if workflow.is_main_process:
     _hashes.save()
 
 
-def integrity_check(stage):
-    """An input function that adds no input: when this stage is where the experiment's chain of
-    stamps breaks (doctrain.integrity), it makes Snakemake run the job again, as --forcerun would,
-    but only for jobs that the requested targets need."""
+PRODUCERS = stages.producers()
 
-    def check(w):
-        damage = BREAKS.get(w.exp)
-        if damage is not None and damage.stage == stage and damage.stamp not in workflow.dag.forcefiles:
-            logger.warning(f"doctrain: {damage.message(w.exp)}")
-            workflow.dag.forcefiles.add(damage.stamp)
-        return []
 
-    return check
+def force_if_broken(stage_name, exp):
+    damage = BREAKS.get(exp)
+    if damage is not None and damage.stage == stage_name and damage.stamp not in workflow.dag.forcefiles:
+        logger.warning(f"doctrain: {damage.message(exp)}")
+        workflow.dag.forcefiles.add(damage.stamp)
+
+
+def stage_inputs(stage):
+    """The stage's declared inputs and what vouches for them: an artefact of another stage comes as
+    ancient() beside that stage's stamp (the stamp holds its digest), the manifest beside its
+    dataset fingerprint. When this stage is where the experiment's chain of stamps breaks
+    (doctrain.integrity), Snakemake runs the job again, as --forcerun would, but only for jobs that
+    the requested targets need."""
+
+    def inputs(w):
+        force_if_broken(stage.name, w.exp)
+        files = {}
+        for name, template in stage.inputs.items():
+            if template == stages.MANIFEST:
+                files[name] = ancient(manifest(w))
+                files["dataset_fingerprint"] = dataset_fingerprint_path(w.exp)
+                continue
+            stamp = stages.stamp_path(PRODUCERS[template])
+            files[name] = template.format(exp=w.exp) if template == stamp else ancient(template.format(exp=w.exp))
+            if stamp not in stage.inputs.values():
+                files[f"{PRODUCERS[template].name}_stamp"] = stamp.format(exp=w.exp)
+        return files
+
+    return inputs
+
+
+def stage_outputs(stage):
+    return {
+        name: report(path, caption=f"../report/{stage.reports[name]}", category="{exp}")
+        if name in stage.reports
+        else path
+        for name, path in stage.outputs.items()
+    }
+
+
+def stage_params(stage, stage_settings=None):
+    """What the job is fingerprinted by (a change reruns it), and its command's other arguments."""
+
+    def arguments(w, input, output):
+        values = {
+            **{name: input[name] for name in stage.inputs},
+            **{name: output[name] for name in stage.outputs},
+            **{name: template.format(exp=w.exp) for name, template in stage.values.items()},
+        }
+        if "lineage" in stage.computed:
+            values["lineage"] = canonical_json(fingerprint.lineage(EXPERIMENTS[w.exp]))
+        return " ".join(f"--{name.replace('_', '-')} {shlex.quote(str(v))}" for name, v in values.items())
+
+    return {
+        "stage": stage.name,
+        "settings": stage_settings or settings(stage.name),
+        "code": code(stage.name),
+        "env": ENVIRONMENT,
+        "arguments": arguments,
+    }
+
+
+# Every stage's command is this one line, filled in from the job's params: a shell line that named
+# the `stage` of the loop in rules/stages.smk would be read when the job runs, and name the loop's
+# last stage. The arguments are quoted by stage_params.
+STAGE_SHELL = (
+    "OMP_NUM_THREADS={threads} python -m doctrain {params.stage} --settings {params.settings:q}"
+    " {params.arguments} 2>&1 | tee {log:q}"
+)
+
+
+# Scheduling that differs from one thread and no resources: the workflow's business, not the stage's.
+SCHEDULING = {
+    "validate": {"threads": 2},
+    "verify": {"threads": 2},
+    "train": {"threads": 2, "resources": {"gpu": 1, "cpus_per_gpu": train_cpus, "mem_mb": train_mem_mb}},
+}
+EXPERIMENT_STAGES = stages.EXPERIMENT_STAGES
+STAGES = stages.STAGES
 
 
 def config_error(w):

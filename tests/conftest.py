@@ -18,7 +18,6 @@ WORKFLOW_PARTS = (
     "Snakefile",
     "rules",
     "configs",
-    "schemas",
     "src",
     "envs",
     "profiles",

@@ -98,3 +98,21 @@ def test_experiment_names_are_restricted_and_broken_configs_listed_together(tmp_
     message = found.broken_message()
     assert message.startswith("5 experiment config(s) cannot be used")
     assert "the experiment name 'p(q' may only hold letters" in message and "lr: nan" in message
+
+
+def test_a_gpu_recipe_on_a_cpu_warns_with_an_estimate_and_the_demo_does_not(capsys):
+    import torch
+
+    from doctrain.training import _warn_if_long_on_a_cpu
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name, warned in (("lcnet050_cosface_96", True), ("demo", False)):
+            config = load_config(ROOT / "configs" / f"{name}.yaml")
+            samples = config["schedule"]["epochs"] * config["data"]["samples_per_epoch"]
+            _warn_if_long_on_a_cpu(samples, config["data"]["image_size"])
+            said = capsys.readouterr().out
+            assert ("takes roughly 9.5 hours" in said and "meant for a GPU" in said) == warned, said
+    finally:
+        torch.set_num_threads(threads)

@@ -36,12 +36,12 @@ import capybara as cb
 from docclassifier import DocClassifier
 from docclassifier.margin_based import infer
 
-model, size, register, *images = sys.argv[1:]
+model, size, threshold, register, *images = sys.argv[1:]
 (infer.DIR / "ckpt").mkdir(exist_ok=True)
 shutil.copyfile(model, infer.DIR / "ckpt" / "doctrain.onnx")
 infer.Inference.configs["doctrain"] = {
     "model_path": "doctrain.onnx", "file_id": None, "img_size_infer": (int(size), int(size)),
-    "threshold": 0.5,
+    "threshold": float(threshold),
 }
 classifier = DocClassifier(model_cfg="doctrain", register_root=register)
 answers = []
@@ -107,16 +107,7 @@ def test_the_inference_package_loads_our_model_and_each_template_finds_itself(
     registered = sorted(register.iterdir())
 
     model = built / TARGET
-    size = json.loads((built / "results/smoke/cache/summary.json").read_text())["image_size"]
-    result = subprocess.run(
-        [consumer_python, "-c", CLASSIFY, model, str(size), register, *registered],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    said = json.loads(result.stdout.strip().splitlines()[-1])
+    said = _consume(consumer_python, model, 0.5, register, registered)
     assert said["registered"] == sorted(f"{label}" for label in templates)
     ours = Classifier(model)
     for path, answer in zip(registered, said["answers"], strict=True):
@@ -124,3 +115,39 @@ def test_the_inference_package_loads_our_model_and_each_template_finds_itself(
         # The consumer's preprocessing is ours: the same embedding from the same file.
         np.testing.assert_allclose(answer["feats"], ours.embed(path), atol=1e-5)
     assert sys.executable != str(consumer_python)
+
+    # At the threshold that travels with the model, images of classes nobody registered are
+    # rejected, by the consumer as by `doctrain classify`.
+    known = registered[: len(registered) // 2]
+    unknown = [
+        manifest.parent / path
+        for path, label, split, *_ in rows
+        if split == "val" and label not in {p.stem for p in known}
+    ]
+    ours = Classifier(model)
+    ours.register(_folder_of(known, tmp_path / "known"))
+    said = _consume(consumer_python, model, ours.threshold, tmp_path / "known", unknown)
+    for path, answer in zip(unknown, said["answers"], strict=True):
+        match = ours.classify(path, ours.threshold)
+        assert match.label is None, f"{path} taken for {match.label} at {match.score:.4f}"
+        assert answer["label"] is None, answer  # the package answers (None, 0.0) for a rejection
+
+
+def _folder_of(files: list[Path], folder: Path) -> Path:
+    folder.mkdir()
+    for file in files:
+        shutil.copyfile(file, folder / file.name)
+    return folder
+
+
+def _consume(python: Path, model: Path, threshold: float, register: Path, images: list[Path]) -> dict:
+    size = json.loads(model.with_suffix("").joinpath("cache/summary.json").read_text())["image_size"]
+    result = subprocess.run(
+        [python, "-c", CLASSIFY, model, str(size), str(threshold), register, *images],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -96,3 +96,10 @@ def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
         "threshold": 0.8,
         "resolvable": False,
     }
+
+
+def test_the_schema_offers_exactly_the_registered_margins():
+    from doctrain.config import load_schema
+    from doctrain.losses import MARGINS
+
+    assert set(load_schema()["properties"]["loss"]["properties"]["name"]["enum"]) == set(MARGINS)

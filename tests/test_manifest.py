@@ -46,7 +46,7 @@ def test_every_problem_is_listed_with_file_and_line(image_tree):
                     {"path": "missing.png", "label": "a", "split": "train", "sha256": ""},
                     {"path": "broken.png", "label": "a", "split": "train", "sha256": ""},
                     {"path": frame["path"][0], "label": "a", "split": "train", "sha256": ""},
-                    {"path": "extra.png", "label": "b", "split": "test", "sha256": ""},
+                    {"path": "extra.png", "label": "b", "split": "holdout", "sha256": ""},
                 ]
             ),
         ],
@@ -64,7 +64,7 @@ def test_every_problem_is_listed_with_file_and_line(image_tree):
     assert f"{where}:12: file {image_tree / 'missing.png'} does not exist" in message
     assert f"{where}:13: file {image_tree / 'broken.png'} does not decode as an image" in message
     assert f"{where}:14: duplicate path {frame['path'][0]} (first listed at {where}:2)" in message
-    assert f"{where}:15: split 'test' is not one of ['train', 'val']" in message
+    assert f"{where}:15: split 'holdout' is not one of ['train', 'val', 'test']" in message
 
 
 def test_parquet_column_of_the_wrong_type(tmp_path):
@@ -127,3 +127,15 @@ def test_rows_that_are_not_plain_readable_images_are_reported_not_raised(image_t
     assert f"{len(odd)} manifest problem(s)" in message
     for line, (path, problem) in enumerate(odd.items(), start=len(frame) + 2):
         assert f"m.csv:{line}: " in message and problem in message, (path, problem)
+
+
+def test_a_test_split_is_optional_but_needs_two_classes(image_tree):
+    for n, label in enumerate("fg"):
+        write_png(image_tree / "test" / label / "0.png", 100 + n)
+    frame = manifest.build(image_tree)
+    assert set(frame["split"]) == {"train", "val", "test"}
+    manifest.write(frame, image_tree / "m.csv")
+    assert (manifest.validate(image_tree / "m.csv")["split"] == "test").sum() == 2
+    manifest.write(frame[frame["label"] != "g"], image_tree / "m.csv")
+    with pytest.raises(UserError, match="split 'test' has 1 class"):
+        manifest.validate(image_tree / "m.csv")

@@ -2,11 +2,12 @@ import json
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from doctrain import cache, export, parity, synth
+from doctrain import _io, cache, evaluation, export, onnx_model, parity, synth
 from doctrain.config import validate_config
 from doctrain.errors import UserError
 from doctrain.fingerprint import stage_settings
@@ -47,7 +48,13 @@ def trained(tmp_path_factory, config):
     }
     synth.render_dataset(root / "data", settings).to_csv(root / "data" / "manifest.csv", index=False)
     validate(root / "data" / "manifest.csv").to_parquet(root / "validated.parquet")
-    cache.run_stage(stage_settings(config, "prepare"), root / "validated.parquet", root / "cache")
+    cache.run_stage(
+        stage_settings(config, "prepare"),
+        root / "validated.parquet",
+        root / "cache" / "images.npy",
+        root / "cache" / "index.parquet",
+        root / "cache" / "summary.json",
+    )
     return root
 
 
@@ -97,12 +104,11 @@ def test_export_meets_the_consumer_contract(tmp_path, trained, config):
     ]
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"
-    meta = export.read_metadata(path)
+    meta = onnx_model.read_metadata(path)
     assert meta["preprocessing"]["channel_order"] == "BGR" and meta["embedding_dim"] == 16
-    assert parity.contract_problems(parity.session(path), image_size=SIZE) == []
-    feats = parity.session(path).run(["feats"], {"img": np.random.rand(5, 3, SIZE, SIZE).astype(np.float32)})[
-        0
-    ]
+    assert parity.contract_problems(onnx_model.session(path), image_size=SIZE) == []
+    batch = np.random.rand(5, 3, SIZE, SIZE).astype(np.float32)
+    feats = onnx_model.session(path).run(["feats"], {"img": batch})[0]
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
 
 
@@ -126,12 +132,12 @@ def test_parity_fails_and_publishes_nothing_for_a_perturbed_export(tmp_path, tra
     with pytest.raises(UserError, match="failed parity verification and is not published: .*max abs diff"):
         parity.run_stage(
             stage_settings(config, "verify"),
-            trained / "model.ckpt",
-            path,
-            trained / "cache",
-            tmp_path / "parity.json",
-            tmp_path / "provenance.json",
-            published,
+            checkpoint=trained / "model.ckpt",
+            onnx_path=path,
+            cache=trained / "cache" / "summary.json",
+            published=published,
+            report_path=tmp_path / "parity.json",
+            provenance_path=tmp_path / "provenance.json",
         )
     assert not published.exists() and not (tmp_path / "parity.json").exists()
 
@@ -150,7 +156,7 @@ def test_contract_problems_name_the_mismatch(tmp_path):
         output_names=["embedding", "raw"],
         dynamo=False,
     )
-    problems = parity.contract_problems(parity.session(path))
+    problems = parity.contract_problems(onnx_model.session(path))
     assert "inputs are ['image'], the contract wants exactly ['img']" in problems
     assert "outputs are ['embedding', 'raw'], the contract wants 'feats'" in problems
 
@@ -162,4 +168,36 @@ def test_every_metadata_value_is_a_json_document(tmp_path, trained, config):
     model = onnx.load(str(export_to(tmp_path / "m.onnx", trained, config)))
     values = {p.key: json.loads(p.value) for p in model.metadata_props}
     assert values["doctrain.config_name"] == "unit"
-    assert export.read_metadata(tmp_path / "m.onnx")["input"]["name"] == "img"
+    assert onnx_model.read_metadata(tmp_path / "m.onnx")["input"]["name"] == "img"
+
+
+def test_a_test_split_is_evaluated_once_by_the_shipped_file(tmp_path, trained, config):
+    """Test rows reach the cache (one variant each) and the evaluation, never the training."""
+    table = pd.read_parquet(trained / "validated.parquet")
+    val = table.index[table["split"] == "val"]
+    table.loc[val[len(val) // 2 :], "split"] = "test"  # the synth data's later val classes
+    table.loc[val[len(val) // 2 :], "label"] += "-t"
+    table.to_parquet(tmp_path / "validated.parquet")
+    cached = tmp_path / "cache"
+    cache.run_stage(
+        stage_settings(config, "prepare"),
+        tmp_path / "validated.parquet",
+        cached / "images.npy",
+        cached / "index.parquet",
+        cached / "summary.json",
+    )
+    assert set(json.loads((cached / "summary.json").read_text())["samples"]) == {"train", "val", "test"}
+    model = export_to(tmp_path / "m.onnx", trained, config)
+    (tmp_path / "metrics.json").write_text(json.dumps({"val": {"auroc": 0.5, "at_fpr": {}}}))
+    evaluation.run_stage(
+        {"evaluation": {"bootstrap_resamples": 100, "seed": 0}},
+        model=model,
+        cache=cached / "summary.json",
+        metrics=tmp_path / "metrics.json",
+        roc_png=tmp_path / "roc.png",
+        report=tmp_path / "evaluation.json",
+        name="unit",
+    )
+    record = json.loads((tmp_path / "evaluation.json").read_text())
+    assert record["test"]["images"] == (table["split"] == "test").sum() and record["val"]["images"] > 0
+    assert record["artefacts"] == {str(tmp_path / "roc.png"): _io.sha256_file(tmp_path / "roc.png")}

@@ -40,7 +40,13 @@ def test_cache_round_trip_and_expansion(tmp_path):
     frame = synth.render_dataset(tmp_path / "data", SETTINGS)
     frame.to_csv(tmp_path / "data" / "manifest.csv", index=False)
     validate(tmp_path / "data" / "manifest.csv").to_parquet(tmp_path / "validated.parquet")
-    summary = cache.build(tmp_path / "validated.parquet", tmp_path / "cache", size=32, expand_dihedral=True)
+    summary = cache.build(
+        tmp_path / "validated.parquet",
+        tmp_path / "cache" / "images.npy",
+        tmp_path / "cache" / "index.parquet",
+        size=32,
+        expand_dihedral=True,
+    )
     assert summary["classes"] == {"train": 32, "val": 2}  # 4 templates x 8 variants
     opened = cache.Cache(tmp_path / "cache")
     assert opened.images.shape == (8, 32, 32, 3) and opened.image_size == 32

@@ -20,6 +20,7 @@ from tests.conftest import TARGET, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 AFTER_VALIDATE = {"validate", "prepare", "train", "export", "verify"}
+EVALUATION = "results/smoke/evaluation.json"
 
 
 def plan(workdir: Path) -> set[str]:
@@ -42,10 +43,30 @@ def test_smoke_build_publishes_a_verified_model(built):
     assert plan(built) == set()
 
 
-def test_report_shows_how_good_the_model_is(built, tmp_path):
-    result = snakemake(built, "--report", str(tmp_path / "report.html"), TARGET)
+def test_the_shipped_file_is_evaluated_on_every_pair_with_intervals(restore):
+    built = restore
+    result = snakemake(built, EVALUATION)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for item in ("roc.png", "training_curves.png", "metrics.json", "parity.json"):
+    assert planned_jobs(result) == {"evaluate": 1}  # the model is not rebuilt to be measured
+    record = json.loads((built / EVALUATION).read_text())
+    assert record["model"]["sha256"] == _io.sha256_file(built / TARGET)
+    val = record["val"]
+    assert val["images"] == 18 and val["positive_pairs"] == 6 * 3  # every pair, not only within batches
+    low, high = val["auroc_95"]
+    assert low <= val["auroc"] <= high
+    assert val["at_fpr"]["0.001"] == {**val["at_fpr"]["0.001"], "resolvable": False, "tpr_95": None}
+    training = json.loads((built / "results/smoke/metrics.json").read_text())
+    assert record["within_batch_val"]["auroc"] == training["val"]["auroc"]
+    assert "test" not in record  # the smoke data has no test split
+    _edit_config(built, "evaluation.bootstrap_resamples", 200)
+    assert set(planned_jobs(snakemake(built, "-n", EVALUATION))) == {"evaluate"}
+
+
+def test_report_shows_how_good_the_model_is(built, tmp_path):
+    assert snakemake(built, EVALUATION).returncode == 0
+    result = snakemake(built, "--report", str(tmp_path / "report.html"), EVALUATION)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for item in ("roc.png", "training_curves.png", "metrics.json", "parity.json", "evaluation.json"):
         assert f"Adding {item}" in result.stdout + result.stderr
     assert "operating points of" in (tmp_path / "report.html").read_text()  # the ROC plot's caption
 

@@ -2,7 +2,7 @@
 
 Layout of a cache folder:
   images.npy    uint8 [N, S, S, 3] BGR, one entry per validated image (S = data.image_size)
-  index.parquet one row per training or validation sample: image (row in images.npy), variant
+  index.parquet one row per training, validation or test sample: image (row in images.npy), variant
                 (dihedral element 0..7, 0 = as is), class_id (dense per split), label, split
 Dihedral expansion stores each image once; the variant is applied when a sample is read.
 """
@@ -34,7 +34,7 @@ def apply_variant(image: np.ndarray, variant: int) -> np.ndarray:
 def build_index(table: pd.DataFrame, expand_dihedral: bool) -> pd.DataFrame:
     """Samples of the validated table; training classes are multiplied by their 8 variants."""
     rows = []
-    for split in ("train", "val"):
+    for split in table["split"].unique():  # as the manifest orders them: train, val, maybe test
         part = table[table["split"] == split]
         variants = range(len(DIHEDRAL)) if (expand_dihedral and split == "train") else (0,)
         classes: dict[str, int] = {}
@@ -46,12 +46,12 @@ def build_index(table: pd.DataFrame, expand_dihedral: bool) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["image", "variant", "class_id", "label", "split"])
 
 
-def build(validated: str | Path, out_dir: str | Path, size: int, expand_dihedral: bool) -> dict:
+def build(
+    validated: str | Path, images_path: str | Path, index_path: str | Path, size: int, expand_dihedral: bool
+) -> dict:
     """Write the cache; return a summary. Images stream into a memory map, so RAM stays flat."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     table = pd.read_parquet(validated)
-    with _io.atomic_path(out_dir / "images.npy") as tmp:
+    with _io.atomic_path(images_path) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(table), size, size, 3))
         for row, path in enumerate(
             tqdm(table["path"], desc="prepare: decoding and resizing", unit="img", mininterval=1)
@@ -60,13 +60,13 @@ def build(validated: str | Path, out_dir: str | Path, size: int, expand_dihedral
         array.flush()
         del array
     index = build_index(table, expand_dihedral)
-    with _io.atomic_path(out_dir / "index.parquet") as tmp:
+    with _io.atomic_path(index_path) as tmp:
         index.to_parquet(tmp, index=False)
     return {
         "image_size": size,
         "images": len(table),
-        "classes": {s: int(index.loc[index["split"] == s, "class_id"].nunique()) for s in ("train", "val")},
-        "samples": {s: int((index["split"] == s).sum()) for s in ("train", "val")},
+        "classes": {s: int(part["class_id"].nunique()) for s, part in index.groupby("split", sort=False)},
+        "samples": {s: len(part) for s, part in index.groupby("split", sort=False)},
     }
 
 
@@ -90,12 +90,11 @@ class Cache:
         return np.ascontiguousarray(apply_variant(self.images[image], variant))
 
 
-def run_stage(settings: dict, validated: str | Path, cache_dir: str | Path) -> None:
+def run_stage(
+    settings: dict, validated: str | Path, images: str | Path, index: str | Path, summary: str | Path
+) -> None:
     data = settings["data"]
-    summary = build(validated, cache_dir, data["image_size"], data["expand_dihedral"])
+    record = build(validated, images, index, data["image_size"], data["expand_dihedral"])
     # summary.json is written last and is the stage's stamp: it carries the digests of the two
     # large files, so downstream stages see content changes and nothing else.
-    cache_dir = Path(cache_dir)
-    _io.write_stamp(
-        cache_dir / "summary.json", summary, [cache_dir / "images.npy", cache_dir / "index.parquet"]
-    )
+    _io.write_stamp(summary, record, [images, index])

@@ -10,8 +10,7 @@ import numpy as np
 
 from doctrain import images
 from doctrain.errors import UserError
-from doctrain.export import read_metadata
-from doctrain.parity import session
+from doctrain.onnx_model import read_metadata, session
 
 # The 96-px reference models shipped with about this threshold; for models without their own.
 FALLBACK_THRESHOLD = 0.7

@@ -11,83 +11,54 @@ import sys
 from pathlib import Path
 
 from doctrain.errors import UserError
+from doctrain.stages import COMPUTED, PIPELINE, STAGES, Stage, stamp_path
 
-STAGE_IO = {
-    "synth": ["manifest"],
-    "validate": ["manifest", "validated", "report"],
-    "prepare": ["validated", "cache_dir"],
-    "train": [
-        "cache_dir",
-        "work_dir",
-        "checkpoint",
-        "stamp",
-        "metrics",
-        "log_csv",
-        "roc_png",
-        "curves_png",
-        "name",
-    ],
-    "export": [
-        "checkpoint",
-        "train_stamp",
-        "metrics",
-        "validation_report",
-        "out",
-        "stamp",
-        "name",
-        "lineage",
-    ],
-    "verify": ["checkpoint", "onnx_path", "cache_dir", "report_path", "provenance_path", "published"],
-}
-STAGE_HELP = {
-    "synth": "render the built-in demo dataset and its manifest",
-    "validate": "check every manifest row; write the validated table",
-    "prepare": "decode and resize every image once into a memory-mapped cache",
-    "train": "train, select the checkpoint by validation AUROC, plot ROC and curves",
-    "export": "export the selected checkpoint to ONNX with metadata",
-    "verify": "check ONNX against PyTorch and the contract; publish on success",
-}
+STAMPS = {stamp_path(stage) for stage in PIPELINE if stage.stamp}
 
 
-def _stage_settings(args: argparse.Namespace, stage: str) -> dict:
+def _stage_settings(args: argparse.Namespace, stage: Stage) -> dict:
     from doctrain.config import load_config
-    from doctrain.fingerprint import STAGES, nest, stage_settings
+    from doctrain.fingerprint import nest, stage_settings
 
     if args.settings:
         return nest(json.loads(args.settings))
     if args.config:
-        return stage_settings(load_config(args.config), stage)
-    raise UserError(
-        f"doctrain {stage}: give --config FILE or --settings JSON (keys: {', '.join(STAGES[stage].keys)})"
-    )
+        return stage_settings(load_config(args.config), stage.name)
+    keys = ", ".join(stage.keys)
+    raise UserError(f"doctrain {stage.name}: give --config FILE or --settings JSON (keys: {keys})")
+
+
+def _resume_key(stage: Stage, settings: dict, files: dict) -> str:
+    """Resuming is safe only into the very same job: settings, code, software and input stamps."""
+    from doctrain._io import sha256_text
+    from doctrain.config import canonical_json
+    from doctrain.fingerprint import code_json, environment_digest
+
+    stamps = [Path(files[name]).read_text() for name, path in stage.inputs.items() if path in STAMPS]
+    return sha256_text(canonical_json([settings, code_json(stage.name), environment_digest(), stamps]))
 
 
 def _run_stage(args: argparse.Namespace) -> None:
     import importlib
 
-    from doctrain.fingerprint import STAGES
-
-    stage = args.command
-    paths = {name: getattr(args, name) for name in STAGE_IO[stage]}
+    stage = STAGES[args.command]
     settings = _stage_settings(args, stage)
-    if "lineage" in paths:
+    arguments = {name: getattr(args, name) for name in [*stage.inputs, *stage.outputs, *stage.values]}
+    if "lineage" in stage.computed:
         from doctrain.config import load_config
         from doctrain.fingerprint import lineage
 
         # The workflow passes it; from a config file it is computed the same way.
         if not (args.lineage or args.config):
-            raise UserError(f"doctrain {stage}: --settings needs --lineage JSON (or give --config FILE)")
-        paths["lineage"] = json.loads(args.lineage) if args.lineage else lineage(load_config(args.config))
-    if stage == "train":
-        from doctrain._io import sha256_text
-        from doctrain.config import canonical_json
-        from doctrain.fingerprint import code_json, environment_digest
+            raise UserError(f"doctrain {stage.name}: --settings needs --lineage JSON (or give --config FILE)")
+        arguments["lineage"] = json.loads(args.lineage) if args.lineage else lineage(load_config(args.config))
+    if "resume_key" in stage.computed:
+        arguments["resume_key"] = _resume_key(stage, settings, arguments)
+    importlib.import_module(stage.module).run_stage(settings, **arguments)
+    if stage.stamp:
+        from doctrain.integrity import record_origin
 
-        # Resuming is safe only into the very same training: settings, code, software and input.
-        cache_summary = (Path(args.cache_dir) / "summary.json").read_text()
-        key = canonical_json([settings, code_json(stage), environment_digest(), cache_summary])
-        paths["resume_key"] = sha256_text(key)
-    importlib.import_module(STAGES[stage].module).run_stage(settings, **paths)
+        record_origin(arguments[stage.stamp], stage.name, settings)
 
 
 def _manifest_build(args: argparse.Namespace) -> None:
@@ -134,8 +105,7 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def _provenance(args: argparse.Namespace) -> None:
-    from doctrain.export import read_metadata
-    from doctrain.provenance import format_record
+    from doctrain.onnx_model import format_record, read_metadata
 
     record = read_metadata(args.model)
     if not record:
@@ -186,13 +156,15 @@ def parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=_manifest_check)
 
-    for stage, names in STAGE_IO.items():
-        cmd = sub.add_parser(stage, help=STAGE_HELP[stage])
+    for stage in PIPELINE:
+        cmd = sub.add_parser(stage.name, help=stage.help)
         source = cmd.add_mutually_exclusive_group()
         source.add_argument("--config", help="experiment config (configs/NAME.yaml)")
         source.add_argument("--settings", help="JSON of the stage's dotted keys (what the workflow passes)")
-        for name in names:
-            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=name != "lineage")
+        for name, path in {**stage.inputs, **stage.outputs, **stage.values}.items():
+            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar=path.upper())
+        if "lineage" in stage.computed:
+            cmd.add_argument("--lineage", help=COMPUTED["lineage"] + " (default: from --config)")
         cmd.set_defaults(func=_run_stage)
 
     fpr = sub.add_parser("dataset-fingerprint", help="digest of a manifest and every file it lists")

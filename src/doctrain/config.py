@@ -1,9 +1,11 @@
-"""Experiment configs: load YAML, validate against schemas/config.schema.yaml, fill defaults."""
+"""Experiment configs: load YAML, validate against the schema (config.schema.yaml, package data
+beside this module, so an installed doctrain finds it too), fill defaults."""
 
 from __future__ import annotations
 
 import copy
 import functools
+import importlib.resources
 import json
 import math
 import re
@@ -16,11 +18,11 @@ import yaml
 from doctrain.errors import UserError
 
 SYNTH_MANIFEST = re.compile(r"data/synth/(?P<name>[A-Za-z0-9_.-]+)/manifest\.csv")
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA = "config.schema.yaml"
 
 
-def load_schema(name: str) -> dict:
-    return yaml.safe_load((SCHEMA_DIR / name).read_text())
+def load_schema(name: str = SCHEMA) -> dict:
+    return yaml.safe_load(importlib.resources.files("doctrain").joinpath(name).read_text())
 
 
 def _with_defaults(validator_class):
@@ -42,7 +44,7 @@ _Validator = _with_defaults(jsonschema.Draft202012Validator)
 
 @functools.cache
 def _config_validator() -> jsonschema.protocols.Validator:
-    return _Validator(load_schema("config.schema.yaml"))
+    return _Validator(load_schema())
 
 
 def _stringify_int_keys(value: Any) -> Any:

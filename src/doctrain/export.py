@@ -14,6 +14,7 @@ from torch import nn
 from doctrain import _io, provenance
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import operating_point
+from doctrain.onnx_model import to_metadata
 
 WRAPPERS: dict[str, type[nn.Module]] = {}
 
@@ -107,15 +108,10 @@ def export(settings: dict, module: EmbeddingModule, out: str | Path, metadata: d
         )
         model = onnx.load(str(tmp))
         model.producer_name, model.doc_string = "doctrain", f"doctrain {onnx_cfg['name']}"
-        for key, value in provenance.to_metadata(metadata).items():
+        for key, value in to_metadata(metadata).items():
             model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
         onnx.checker.check_model(model, full_check=True)
         onnx.save(model, str(tmp))
-
-
-def read_metadata(path: str | Path) -> dict:
-    model = onnx.load(str(path), load_external_data=False)
-    return provenance.from_metadata({p.key: p.value for p in model.metadata_props})
 
 
 def run_stage(

@@ -13,53 +13,19 @@ import ast
 import csv
 import functools
 import hashlib
+import importlib.metadata
 import json
 import os
 import stat
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from doctrain import _io
 from doctrain.config import canonical_json, get_key
+from doctrain.stages import MODEL_STAGES, STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = PACKAGE_DIR.parents[1] / "envs" / "requirements.txt"
-
-
-@dataclass(frozen=True)
-class Stage:
-    module: str  # the module whose `run_stage` carries the stage out
-    keys: tuple[str, ...]  # dotted config keys the stage reads, and no others
-
-
-STAGES = {
-    "synth": Stage("doctrain.synth", ("data.synth",)),
-    "validate": Stage(
-        "doctrain.manifest", ("data.manifest", "data.min_classes_per_split", "data.max_image_pixels")
-    ),
-    "prepare": Stage("doctrain.cache", ("data.image_size", "data.expand_dihedral")),
-    "train": Stage(
-        "doctrain.training",
-        (
-            "seed",
-            "data.batch_size",
-            "data.samples_per_epoch",
-            "data.val_batch_size",
-            "data.loader",
-            "augment",
-            "model",
-            "loss",
-            "optimizer",
-            "schedule",
-            "trainer",
-        ),
-    ),
-    "export": Stage("doctrain.export", ("onnx", "operating_point")),
-    "verify": Stage("doctrain.parity", ("parity",)),
-}
-# Stages whose settings and code shape the exported file (its provenance digests cover these).
-MODEL_STAGES = ("synth", "validate", "prepare", "train", "export")
 
 
 def _flatten(prefix: str, value) -> dict:
@@ -68,7 +34,7 @@ def _flatten(prefix: str, value) -> dict:
     return {prefix: value}
 
 
-def _dotted_settings(config: dict, stage: str) -> dict:
+def dotted_settings(config: dict, stage: str) -> dict:
     """The stage's settings, one entry per leaf (`optimizer.lr`, not the whole `optimizer` block)."""
     return {k: v for key in STAGES[stage].keys for k, v in _flatten(key, get_key(config, key)).items()}
 
@@ -76,7 +42,7 @@ def _dotted_settings(config: dict, stage: str) -> dict:
 def settings_json(config: dict, stage: str) -> str:
     """The stage's settings as one canonical JSON line keyed by dotted path, so that Snakemake's
     reason lines read like `{"optimizer.lr":0.001}`."""
-    return canonical_json(_dotted_settings(config, stage))
+    return canonical_json(dotted_settings(config, stage))
 
 
 def nest(dotted: dict) -> dict:
@@ -93,7 +59,7 @@ def nest(dotted: dict) -> dict:
 
 def stage_settings(config: dict, stage: str) -> dict:
     """Exactly the part of the config the stage reads."""
-    return nest(_dotted_settings(config, stage))
+    return nest(dotted_settings(config, stage))
 
 
 def _module_path(module: str) -> Path:
@@ -156,9 +122,13 @@ def code_json(stage: str) -> str:
 
 @functools.cache
 def environment_digest() -> str:
-    """Digest of the pinned software environment (blank lines and comments do not count)."""
-    lines = [ln.split("#")[0].strip() for ln in REQUIREMENTS.read_text().splitlines()]
-    return _io.sha256_text("\n".join(sorted(ln for ln in lines if ln)))[:12]
+    """Digest of the pinned software environment (blank lines and comments do not count). An
+    installed doctrain, away from the checkout's envs/, digests what is installed instead."""
+    if REQUIREMENTS.exists():
+        lines = [ln.split("#")[0].strip() for ln in REQUIREMENTS.read_text().splitlines()]
+    else:
+        lines = [f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()]
+    return _io.sha256_text("\n".join(sorted(ln for ln in lines if ln)))
 
 
 def _identity(st: os.stat_result) -> int:

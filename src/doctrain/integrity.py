@@ -20,17 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from doctrain.fingerprint import HashCache
+from doctrain.stages import DATASET_FINGERPRINT, EXPERIMENT_STAGES, stamp_path
 
 # Each stage's stamp, in pipeline order (paths relative to the workflow directory).
-CHAIN = (
-    ("dataset_fingerprint", "results/{exp}/dataset.fingerprint.json"),
-    ("validate", "results/{exp}/data/validation.json"),
-    ("prepare", "results/{exp}/cache/summary.json"),
-    ("train", "results/{exp}/model.stamp.json"),
-    ("export", "results/{exp}/model.unverified.stamp.json"),
-    ("verify", "results/{exp}/provenance.json"),
+CHAIN = (("dataset_fingerprint", DATASET_FINGERPRINT),) + tuple(
+    (stage.name, stamp_path(stage)) for stage in EXPERIMENT_STAGES
 )
 PUBLISHED = "results/{exp}.onnx"
+PUBLISHING = [stage for stage, _ in CHAIN].index("verify")  # stages after it follow publication
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,8 @@ def first_break(exp: str, cache: HashCache) -> Break | None:
     for position, (stage, stamp) in enumerate(stamps):
         if not present[position]:
             later = [s for i, (_, s) in enumerate(stamps) if i > position and present[i]]
-            later += [published] if os.path.exists(published) else []
+            if position <= PUBLISHING and os.path.exists(published):
+                later.append(published)
             if later:
                 reason = f"{stamp} is missing (a failed or interrupted run) while {later[-1]} exists"
                 return Break(stage, stamp, reason)
@@ -86,12 +84,61 @@ def first_break(exp: str, cache: HashCache) -> Break | None:
     return None
 
 
+def _origin(settings: dict, stage: str) -> dict:
+    from doctrain.fingerprint import code_digests, dotted_settings, environment_digest
+
+    return {
+        "settings": dotted_settings(settings, stage),
+        "code": code_digests(stage),
+        "environment": environment_digest(),
+    }
+
+
+def record_origin(stamp: str | Path, stage: str, settings: dict) -> None:
+    """Add to a stage's fresh stamp what the stage was run with (its settings by dotted key, the
+    digests of its code, the environment), so `doctrain status` can name what changed since."""
+    from doctrain._io import write_json_atomic
+
+    record = json.loads(Path(stamp).read_text())
+    record["built_from"] = _origin(settings, stage)
+    write_json_atomic(stamp, record)
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "…"
+
+
+def changes(exp: str, config: dict) -> list[str]:
+    """What differs, stage by stage, between what built the results and what would build them now:
+    `train: optimizer.lr 0.002 → 0.003`, `export: code of doctrain.export`, and the like."""
+    found = []
+    for stage, template in CHAIN[1:]:
+        record = _read_stamp(template.format(exp=exp)) or {}
+        built = record.get("built_from")
+        if not isinstance(built, dict):
+            continue
+        now = _origin(config, stage)
+        before, after = built.get("settings", {}), now["settings"]
+        keys = [k for k in sorted(set(before) | set(after)) if before.get(k, "—") != after.get(k, "—")]
+        found += [f"{stage}: {k} {_short(before.get(k, '—'))} → {_short(after.get(k, '—'))}" for k in keys]
+        modules = sorted(
+            m
+            for m in set(built.get("code", {})) | set(now["code"])
+            if built["code"].get(m) != now["code"].get(m)
+        )
+        found += [f"{stage}: code of {', '.join(modules)}"] if modules else []
+        if built.get("environment") != now["environment"]:
+            found.append(f"{stage}: the pinned software environment")
+    return found
+
+
 def status(exp: str, config: dict, cache: HashCache) -> list[str]:
     """Why results/{exp}.onnx is not what the current config, code and data build ([] when it is)."""
     import onnx
 
-    from doctrain.fingerprint import dataset_fingerprint, lineage
-    from doctrain.provenance import from_metadata
+    from doctrain.fingerprint import lineage
+    from doctrain.onnx_model import from_metadata
 
     published = PUBLISHED.format(exp=exp)
     if not os.path.exists(published):
@@ -105,6 +152,13 @@ def status(exp: str, config: dict, cache: HashCache) -> list[str]:
         built = from_metadata({p.key: p.value for p in model.metadata_props})
     except Exception as exc:  # protobuf raises its own DecodeError for a damaged file
         return problems + [f"{published} cannot be read as ONNX ({exc})"]
+    detail = changes(exp, config)
+    if detail:
+        return (
+            problems
+            + [f"changed since it was built: {', '.join(detail)}"]
+            + _data_changed(exp, config, cache)
+        )
     now = lineage(config)
     for key, what in (
         ("config_sha256", f"the settings in configs/{exp}.yaml"),
@@ -113,8 +167,14 @@ def status(exp: str, config: dict, cache: HashCache) -> list[str]:
     ):
         if built.get(key) != now[key]:
             problems.append(f"{what} changed since it was built")
-    recorded = Path(f"results/{exp}/dataset.fingerprint.json")
+    return problems + _data_changed(exp, config, cache)
+
+
+def _data_changed(exp: str, config: dict, cache: HashCache) -> list[str]:
+    from doctrain.fingerprint import dataset_fingerprint
+
+    recorded = Path(DATASET_FINGERPRINT.format(exp=exp))
     current = dataset_fingerprint(config["data"]["manifest"], cache)
     if current is None or not recorded.exists() or recorded.read_text() != current:
-        problems.append(f"the data listed in {config['data']['manifest']} changed since it was built")
-    return problems
+        return [f"the data listed in {config['data']['manifest']} changed since it was built"]
+    return []

@@ -3,10 +3,11 @@
 Format (CSV or Parquet), one row per image:
   path    image file, relative to the manifest's folder or absolute   (required)
   label   class name                                                   (required)
-  split   train or val                                                 (optional)
+  split   train, val or test                                           (optional)
   sha256  hex digest of the file's bytes, checked when given           (optional)
 Without a split column, about a fifth of the labels (chosen by a hash of the label, so the choice
 is stable) are held out for validation: validation is zero-shot, on classes never trained on.
+Test rows (never used to train or to select a checkpoint) are evaluated once, by the shipped model.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from doctrain.errors import UserError
 
 REQUIRED = ("path", "label")
 OPTIONAL = ("split", "sha256")
-SPLITS = ("train", "val")
+# A test split is optional: its images are only ever evaluated, once, by the shipped model.
+SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "val")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_LISTED = 200
 MAX_PIXELS = 50_000_000  # the schema's default of data.max_image_pixels, for use without a config
@@ -205,7 +208,7 @@ def validate(
     if not problems:
         for split in SPLITS:
             classes = table.loc[table["split"] == split, "label"].nunique()
-            if classes < min_classes:
+            if classes < min_classes and (classes or split in REQUIRED_SPLITS):
                 problems.append(
                     f"{manifest}: split '{split}' has {classes} class(es), "
                     f"at least {min_classes} are needed (data.min_classes_per_split)"

@@ -17,14 +17,8 @@ import torch
 from doctrain import _io, images, provenance
 from doctrain.cache import Cache
 from doctrain.errors import UserError
-from doctrain.export import load_trained, read_metadata
-
-
-def session(path: str | Path) -> ort.InferenceSession:
-    """An onnxruntime CPU session with every graph optimisation on, as the consumer runs it."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+from doctrain.export import load_trained
+from doctrain.onnx_model import read_metadata, session
 
 
 def contract_problems(
@@ -164,12 +158,12 @@ def run_stage(
     settings: dict,
     checkpoint: str | Path,
     onnx_path: str | Path,
-    cache_dir: str | Path,
+    cache: str | Path,
+    published: str | Path,
     report_path: str | Path,
     provenance_path: str | Path,
-    published: str | Path,
 ) -> None:
-    report = verify(settings, checkpoint, onnx_path, cache_dir)
+    report = verify(settings, checkpoint, onnx_path, Path(cache).parent)
     for check in report["checks"]:
         verdict = "ok    " if check["passed"] else "FAILED"
         print(f"{verdict} {check['name']} = {check['value']:.3g} ({check['limit']})")
@@ -183,5 +177,5 @@ def run_stage(
     record["parity"] = {"passed": True, "checks": len(report["checks"])}
     record.update(provenance.build_site())
     # provenance.json is the stage's stamp: it vouches for the published file's bytes.
-    _io.write_stamp(provenance_path, record, [published])
+    _io.write_stamp(provenance_path, record, [published, report_path])
     print(f"published {published}: every one of {len(report['checks'])} checks passed")

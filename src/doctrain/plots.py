@@ -13,31 +13,42 @@ import pandas as pd  # noqa: E402
 from doctrain import _io  # noqa: E402
 
 
-def roc(points: dict, metrics: dict, title: str, out: str | Path) -> None:
-    """ROC on a log FPR axis, with the TPR at each reported FPR marked."""
+def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path) -> None:
+    """ROC curves on a log FPR axis (label -> (points, metrics)), the TPR at each reported FPR
+    marked (a cross where the pairs cannot resolve that rate)."""
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
-    fpr = [max(f, 1e-5) for f in points["fpr"]]
-    ax.plot(fpr, points["tpr"], lw=2, label=f"AUROC {metrics['auroc']:.4f}")
-    for target, entry in metrics["at_fpr"].items():
-        style = "o" if entry["resolvable"] else "x"
-        ax.plot(float(target), entry["tpr"], style, color="C3")
-        ax.annotate(
-            f"{entry['tpr']:.3f}",
-            (float(target), entry["tpr"]),
-            textcoords="offset points",
-            xytext=(4, -12),
-            fontsize=8,
+    for colour, (label, (points, metrics)) in enumerate(curves.items()):
+        fpr = [max(f, 1e-5) for f in points["fpr"]]
+        pairs = f"{metrics['positive_pairs']:,} same / {metrics['negative_pairs']:,} different pairs"
+        low_high = metrics.get("auroc_95")
+        interval = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
+        ax.plot(
+            fpr,
+            points["tpr"],
+            lw=2,
+            color=f"C{colour}",
+            label=f"{label}: AUROC {metrics['auroc']:.4f}{interval}\n{pairs}",
         )
+        for target, entry in metrics["at_fpr"].items():
+            style = "o" if entry["resolvable"] else "x"
+            ax.plot(float(target), entry["tpr"], style, color=f"C{colour}")
+            ax.annotate(
+                f"{entry['tpr']:.3f}",
+                (float(target), entry["tpr"]),
+                textcoords="offset points",
+                xytext=(4, 4 if entry["tpr"] < 0.9 else -12),
+                fontsize=8,
+            )
     ax.set(
         xscale="log",
         xlim=(1e-5, 1),
         ylim=(0, 1.02),
         xlabel="false positive rate (different-class pairs)",
         ylabel="true positive rate (same-class pairs)",
-        title=f"{title}: {metrics['positive_pairs']} same / {metrics['negative_pairs']} different pairs",
+        title=title,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     _save(fig, out)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -15,7 +14,6 @@ PACKAGES = ("torch", "timm", "lightning", "onnx", "onnxruntime")
 CHECKOUT = Path(__file__).resolve().parents[2]  # the library runs from the checkout
 # Set by the container images (containers/), so artefacts record which image built them.
 IMAGE_VARIABLE = "DOCTRAIN_CONTAINER_IMAGE"
-METADATA_PREFIX = "doctrain."
 
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
@@ -58,42 +56,3 @@ def build_site() -> dict:
     """Where an artefact was built: the container image and the commit. Kept out of the ONNX file,
     whose bytes depend only on what it was built from, so a container and a local build agree."""
     return {"container_image": container_image(), "git_commit": git_commit()}
-
-
-def to_metadata(record: dict) -> dict[str, str]:
-    """Flat string pairs for ONNX metadata_props, every value a JSON document (strings quoted): the
-    consumer's ONNX engine json-decodes each value when it opens the model, and a bare word or a
-    digest that starts with digits stops it from loading."""
-    return {
-        METADATA_PREFIX + key: json.dumps(value, sort_keys=True)
-        for key, value in sorted(record.items())
-        if value is not None
-    }
-
-
-def from_metadata(props: dict[str, str]) -> dict:
-    out = {}
-    for key, value in props.items():
-        if key.startswith(METADATA_PREFIX):
-            try:
-                out[key[len(METADATA_PREFIX) :]] = json.loads(value)
-            except json.JSONDecodeError:  # written by doctrain before every value was JSON
-                out[key[len(METADATA_PREFIX) :]] = value
-    return out
-
-
-def format_record(record: dict) -> str:
-    """Human-readable lines, one per field, nested fields indented."""
-    lines = []
-
-    def emit(key: str, value, indent: int) -> None:
-        if isinstance(value, dict):
-            lines.append(" " * indent + f"{key}:")
-            for sub in sorted(value):
-                emit(sub, value[sub], indent + 2)
-        else:
-            lines.append(" " * indent + f"{key}: {value}")
-
-    for key in sorted(record):
-        emit(key, record[key], 0)
-    return "\n".join(lines)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -75,6 +77,37 @@ def _resumable(work_dir: Path, resume_key: str) -> Path | None:
     return None
 
 
+# What Lightning and its dependencies print on every run that says nothing about this one: a tip
+# to install a cloud logger, a hint to launch with srun wherever SLURM is installed (the workflow
+# launches the job; the one-device trainer needs no srun), a deprecation inside Lightning itself.
+NOISE = (
+    "The `srun` command is available on your system but is not used",
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+TIPS = "💡 Tip:"
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TIPS)
+
+
+@contextlib.contextmanager
+def _without_noise():
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero",)]
+    tips = _DropTips()
+    with warnings.catch_warnings():
+        for message in NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        for logger in loggers:
+            logger.addFilter(tips)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(tips)
+
+
 @contextlib.contextmanager
 def _temporary_files_in(folder: Path):
     """Lightning writes each checkpoint to a temporary file and moves it into place; in the system's
@@ -91,6 +124,32 @@ def _temporary_files_in(folder: Path):
 def train(
     settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str = "model", resume_key: str = ""
 ) -> dict:
+    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (see _fit)."""
+    with _without_noise():
+        return _fit(settings, cache_dir, work_dir, name, resume_key)
+
+
+# Training speed of the demo's lcnet_050 at 96 px on one CPU core (153 samples/s on 2 cores,
+# README "What the demo reaches"); cost grows with the pixels of an image.
+CPU_SAMPLES_PER_S_PER_CORE = 75
+LONG_ON_A_CPU_S = 3600
+
+
+def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
+    """A GPU recipe started on a CPU trains for hours while its progress bar barely moves: say so
+    first, with an estimate."""
+    rate = CPU_SAMPLES_PER_S_PER_CORE * torch.get_num_threads() * (96 / size) ** 2
+    seconds = samples / rate
+    if seconds > LONG_ON_A_CPU_S:
+        print(
+            f"warning: training {samples:,} samples on the CPU ({torch.get_num_threads()} threads, "
+            f"{size} px) takes roughly {seconds / 3600:.1f} hours at about {rate:,.0f} samples/s; "
+            "this config is meant for a GPU (configs/demo.yaml is sized for a CPU)",
+            flush=True,
+        )
+
+
+def _fit(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str, resume_key: str) -> dict:
     """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures.
 
     Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
@@ -123,7 +182,9 @@ def train(
         precision=trainer_cfg["precision"],
         gradient_clip_val=trainer_cfg["gradient_clip_val"],
         deterministic=trainer_cfg["deterministic"],
-        logger=CSVLogger(work_dir, name="", version=""),
+        # Its own folder: CSVLogger warns that a non-empty one "will be deleted" (the work folder
+        # always holds the resume key).
+        logger=CSVLogger(work_dir, name="log", version=""),
         callbacks=[best, TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 20))],
         num_sanity_val_steps=0,
         log_every_n_steps=max(1, min(50, len(train_loader) // 4)),
@@ -131,6 +192,9 @@ def train(
         enable_model_summary=False,
         default_root_dir=work_dir,
     )
+    samples = settings["schedule"]["epochs"] * len(train_loader) * settings["data"]["batch_size"]
+    if trainer.strategy.root_device.type == "cpu":
+        _warn_if_long_on_a_cpu(samples, cache.image_size)
     started = time.perf_counter()
     if resume_from:
         print(f"resuming from {resume_from} (a previous run of this training was interrupted)")
@@ -144,7 +208,6 @@ def train(
     metrics = verification_metrics(scores, same)
     state_dict = selected.state_dict()
     epoch = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["epoch"]
-    samples = settings["schedule"]["epochs"] * len(train_loader) * settings["data"]["batch_size"]
     return {
         "name": name,
         "module": selected,
@@ -160,7 +223,7 @@ def train(
             "accelerator": trainer.accelerator.__class__.__name__,
             "classes": num_classes,
         },
-        "log_csv": work_dir / "metrics.csv",
+        "log_csv": work_dir / "log" / "metrics.csv",
     }
 
 
@@ -182,18 +245,19 @@ def save_checkpoint(module: EmbeddingModule, path: str | Path, extra: dict) -> N
 
 def run_stage(
     settings: dict,
-    cache_dir: str | Path,
-    work_dir: str | Path,
+    cache: str | Path,
     checkpoint: str | Path,
-    stamp: str | Path,
     metrics: str | Path,
     log_csv: str | Path,
     roc_png: str | Path,
     curves_png: str | Path,
+    stamp: str | Path,
     name: str,
+    work_dir: str | Path,
     resume_key: str,
 ) -> None:
-    result = train(settings, cache_dir, work_dir, name, resume_key)
+    """Train on the cache whose summary (its stamp) is `cache`."""
+    result = train(settings, Path(cache).parent, work_dir, name, resume_key)
     selection = {
         "epoch": result["selected_epoch"],
         "monitor": "val/auroc",
@@ -202,14 +266,18 @@ def run_stage(
     }
     save_checkpoint(result["module"], checkpoint, selection)
     shutil.copyfile(result["log_csv"], log_csv)
-    plots.roc(result["roc"], result["val"], name, roc_png)
+    plots.roc_curves({"val, pairs within batches": (result["roc"], result["val"])}, name, roc_png)
     plots.training_curves(log_csv, name, curves_png)
     _io.write_json_atomic(
         metrics, {"selected": selection, "val": result["val"], "train": result["train"], "roc": result["roc"]}
     )
     # The stamp is written last: it is what downstream stages compare (the checkpoint goes to them
     # as an ancient() input), and it names the weights, not the file.
-    _io.write_stamp(stamp, {"state_dict_sha256": result["state_dict_sha256"]}, [checkpoint, metrics])
+    _io.write_stamp(
+        stamp,
+        {"state_dict_sha256": result["state_dict_sha256"]},
+        [checkpoint, metrics, log_csv, roc_png, curves_png],
+    )
     val, speed = result["val"], result["train"]
     at = ", ".join(f"TPR {v['tpr']:.3f} at FPR {k}" for k, v in val["at_fpr"].items() if v["resolvable"])
     print(
