@@ -1,5 +1,5 @@
 # Parse-time helpers only: find and validate the experiments, and build each rule's params from
-# what its stage declares it reads (src/doctrain/fingerprint.py). The work itself is in src/doctrain.
+# its stage's declaration (src/doctrain/stages.py). The work itself is in src/doctrain.
 import os
 import re
 import shlex
@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.io import report as report_output  # `report` alone reads as the directive to snakefmt
 from snakemake.logging import logger
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 SRC = Path(workflow.basedir) / "src"
-sys.path.insert(0, str(SRC))  # the library runs from the checkout, also inside containers
+# The library runs from the checkout, also inside containers.
+sys.path.insert(0, str(SRC))
 
 from doctrain import experiments, fingerprint, integrity, stages
 from doctrain.container import check_present, image as container_image
@@ -147,7 +149,9 @@ def stage_inputs(stage):
                 files["dataset_fingerprint"] = dataset_fingerprint_path(w.exp)
                 continue
             stamp = stages.stamp_path(PRODUCERS[template])
-            files[name] = template.format(exp=w.exp) if template == stamp else ancient(template.format(exp=w.exp))
+            files[name] = (
+                template.format(exp=w.exp) if template == stamp else ancient(template.format(exp=w.exp))
+            )
             if stamp not in stage.inputs.values():
                 files[f"{PRODUCERS[template].name}_stamp"] = stamp.format(exp=w.exp)
         return files
@@ -157,9 +161,11 @@ def stage_inputs(stage):
 
 def stage_outputs(stage):
     return {
-        name: report(path, caption=f"../report/{stage.reports[name]}", category="{exp}")
-        if name in stage.reports
-        else path
+        name: (
+            report_output(path, caption=f"../report/{stage.reports[name]}", category="{exp}")
+            if name in stage.reports
+            else path
+        )
         for name, path in stage.outputs.items()
     }
 

@@ -16,11 +16,11 @@ for stage in EXPERIMENT_STAGES:
             f"results/{{exp}}/logs/{stage.name}.log",
         benchmark:
             f"results/{{exp}}/benchmarks/{stage.name}.tsv"
-        params:
-            **stage_params(stage),
         threads: SCHEDULING.get(stage.name, {}).get("threads", 1)
         resources:
             **SCHEDULING.get(stage.name, {}).get("resources", {}),
+        params:
+            **stage_params(stage),
         shell:
             STAGE_SHELL
 

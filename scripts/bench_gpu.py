@@ -30,7 +30,7 @@ from doctrain.cache import Cache  # noqa: E402
 from doctrain.config import load_config  # noqa: E402
 from doctrain.dataset import loaders  # noqa: E402
 from doctrain.fingerprint import stage_settings  # noqa: E402
-from doctrain.training import build_module  # noqa: E402
+from doctrain.lit_module import EmbeddingModule  # noqa: E402
 
 WARMUP_STEPS = 20  # cuDNN autotuning, worker start-up and allocator growth are left out of the timing
 
@@ -53,7 +53,7 @@ class StepTimer(L.Callback):
 def fit_rate(settings: dict, loader, num_classes: int, steps: int, precision: str, channels_last: bool):
     settings = copy.deepcopy(settings)
     settings["model"]["channels_last"] = channels_last
-    module = build_module(settings, num_classes, steps_per_epoch=WARMUP_STEPS + steps)
+    module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch=WARMUP_STEPS + steps)
     timer = StepTimer()
     trainer = L.Trainer(
         max_steps=WARMUP_STEPS + steps,

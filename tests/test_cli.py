@@ -53,7 +53,7 @@ def test_stage_without_settings_names_the_keys_it_needs(capsys):
 def exported(tmp_path):
     torch.manual_seed(0)
     config = validate_config({"model": {"embed_dim": 16}})
-    module = EmbeddingModule("lcnet_050", 16, num_classes=3).eval()
+    module = EmbeddingModule.from_settings(config, num_classes=3, steps_per_epoch=1).eval()
     settings = stage_settings(config, "export")
     path = tmp_path / "model.onnx"
     export.export(settings, module, path, export.contract_metadata(settings, 16, "unit"))

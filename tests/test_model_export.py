@@ -36,7 +36,7 @@ def trained(tmp_path_factory, config):
     """A checkpoint of an untrained module (parity does not care about training) and a cache."""
     root = tmp_path_factory.mktemp("model")
     torch.manual_seed(0)
-    module = EmbeddingModule("lcnet_050", 16, num_classes=5)
+    module = EmbeddingModule.from_settings(config, num_classes=5, steps_per_epoch=1)
     save_checkpoint(module, root / "model.ckpt", {"epoch": 0})
     settings = {
         "seed": 1,
@@ -68,7 +68,8 @@ def test_embeddings_are_unit_rows_and_hardswish_is_gone():
 
 
 def test_optimizer_exempts_only_biases_from_decay():
-    module = EmbeddingModule("lcnet_050", 8, num_classes=3, weight_decay=0.1)
+    config = validate_config({"model": {"embed_dim": 8}, "optimizer": {"weight_decay": 0.1}})
+    module = EmbeddingModule.from_settings(config, num_classes=3, steps_per_epoch=1)
     decay, no_decay = module.configure_optimizers()["optimizer"].param_groups
     names = {id(p): n for n, p in module.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -78,7 +79,7 @@ def test_optimizer_exempts_only_biases_from_decay():
 
 def test_checkpoint_rebuilds_its_model_strictly(trained):
     module = export.load_trained(trained / "model.ckpt")
-    assert module.hparams.embed_dim == 16 and not module.training
+    assert module.embed_dim == 16 and module.hparams.model["backbone"] == "lcnet_050" and not module.training
     payload = torch.load(trained / "model.ckpt", weights_only=False)
     del payload["state_dict"]["net.head.1.weight"]
     torch.save(payload, trained / "broken.ckpt")

@@ -1,9 +1,15 @@
 """The README's commands, checked where a test can run them cheaply (the rest run elsewhere in the
 suite: the demo command's pipeline as the smoke build, the report in test_workflow)."""
 
+import os
 import re
+import shlex
+import shutil
+import subprocess
+import sys
 
 import pytest
+from PIL import Image
 
 from doctrain.stages import PIPELINE
 from tests.conftest import ROOT, snakemake
@@ -26,3 +32,73 @@ def test_the_dag_command_draws_the_build_graph(built):
     assert result.returncode == 0 and result.stdout.startswith("digraph snakemake_dag")
     for stage in ["dataset_fingerprint", *(stage.name for stage in PIPELINE)]:
         assert f'label = "{stage}' in result.stdout  # the synth and fingerprint labels add wildcards
+
+
+def readme_commands() -> list[str]:
+    """The README's command blocks: every indented line a user would copy (program output, the
+    layout and tables aside)."""
+    found = []
+    for line in README.splitlines():
+        text = line.strip().removeprefix("$ ")
+        if line.startswith("    ") and text.split(" ")[0] in PROGRAMS:
+            found.append(text)
+    return found
+
+
+PROGRAMS = {
+    "snakemake",
+    "doctrain",
+    "python3",
+    "docker",
+    "containers/run.sh",
+    "V=$(containers/version.sh)",
+    "apptainer",
+}
+# Every command block of the README, and where it is run. A new command must be added here: the
+# docs check below runs those it can, the rest name the test that runs them, or why only a person can.
+CHECKED = {
+    "snakemake --cores 32 results/lcnet050_cosface_96.onnx": "planned: test_workflow test_reference_config_plans_the_whole_chain",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -r envs/requirements.txt -e . && snakemake --cores 2 results/demo.onnx results/demo/evaluation.json": "by hand in a clean clone (the note of each landing gives its time); the smoke build runs the same rules",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -r envs/requirements.txt -e '.[test]' && ruff check . && ruff format --check . && snakemake --lint && snakefmt --check Snakefile rules && pytest -m \"not container\" && pytest -m container": ".ci/run, verbatim (test_ci_runs_the_readme_test_command_verbatim)",
+    "doctrain provenance results/demo.onnx": "run below",
+    "doctrain manifest build /data/docs -o /data/docs/manifest.csv": "run below",
+    "doctrain manifest check /data/docs/manifest.csv": "run below",
+    "doctrain status smoke": "run below",
+    "doctrain status [EXP ...]": "run below",
+    "doctrain classify results/demo.onnx --register templates/ scan1.jpg scan2.png": "run below",
+    "snakemake --profile profiles/slurm results/lcnet050_cosface_96.onnx": "planned: test_slurm (the smoke target is built there)",
+    "docker build -f containers/Dockerfile --build-arg VERSION=$(containers/version.sh) -t doctrain:$(containers/version.sh) .": "test_containers, with podman",
+    "containers/run.sh snakemake --cores 32 results/lcnet050_cosface_96.onnx": "test_containers, with DOCKER=podman and the smoke target",
+    "V=$(containers/version.sh)": "test_containers (the image name)",
+    "apptainer build --build-arg VERSION=$V containers/doctrain-$V.sif containers/doctrain.def": "only by hand where Apptainer installs (not on this machine kind); the definition is compared with the Dockerfile in test_containers",
+    "snakemake --profile profiles/apptainer --cores 32 results/lcnet050_cosface_96.onnx": "test_containers, through tests/apptainer_adapter",
+}
+
+
+def test_every_readme_command_says_where_it_is_run():
+    assert sorted(readme_commands()) == sorted(CHECKED)
+
+
+@pytest.mark.slow
+def test_the_readme_doctrain_commands_run_as_written(built, tmp_path, image_tree):
+    """Each `doctrain` command of the README, on the smoke build: `demo` reads `smoke`, /data/docs
+    a small image tree, templates/ and the scans images of the smoke data."""
+    smoke_val = sorted((built / "data/synth/smoke/val").rglob("*.png"))
+    templates = built / "templates"
+    templates.mkdir(exist_ok=True)
+    for path in smoke_val[:: len(smoke_val) // 3][:3]:
+        shutil.copyfile(path, templates / f"{path.parent.name}.png")
+    for name, path in (("scan1.jpg", smoke_val[1]), ("scan2.png", smoke_val[2])):
+        Image.open(path).convert("RGB").save(built / name)
+    shutil.copytree(image_tree, tmp_path / "docs")
+    env = {**os.environ, "PYTHONPATH": str(built / "src")}
+    for command in readme_commands():
+        if CHECKED[command] != "run below":
+            continue
+        command = command.replace("/data/docs", str(tmp_path / "docs")).replace("[EXP ...]", "smoke")
+        args = shlex.split(command.replace("demo", "smoke"))
+        result = subprocess.run(
+            [sys.executable, "-m", *args], cwd=built, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, f"{command}: {result.stderr[-2000:]}"
+        assert result.stdout.strip(), command

@@ -164,6 +164,13 @@ def test_model_code_change_reruns_training_and_after(restore):
     assert plan(restore) == {"train", "export", "verify"}
 
 
+def test_code_that_only_commands_use_reruns_nothing(restore):
+    """classify and the CLI are in no stage's fingerprint (tests/test_stages.py says why)."""
+    _edit_module(restore, "classify", "FALLBACK_THRESHOLD = 0.7", "FALLBACK_THRESHOLD = 0.71")
+    _edit_module(restore, "cli", 'help="print JSON instead of text"', 'help="print JSON, not text"')
+    assert plan(restore) == set()
+
+
 def test_export_code_change_reruns_export_and_verify(restore):
     _edit_module(
         restore,

@@ -157,12 +157,14 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_manifest_check)
 
     for stage in PIPELINE:
-        cmd = sub.add_parser(stage.name, help=stage.help)
+        cmd = sub.add_parser(
+            stage.name, help=stage.help, description=f"{stage.help} (options show the workflow's paths)"
+        )
         source = cmd.add_mutually_exclusive_group()
         source.add_argument("--config", help="experiment config (configs/NAME.yaml)")
         source.add_argument("--settings", help="JSON of the stage's dotted keys (what the workflow passes)")
         for name, path in {**stage.inputs, **stage.outputs, **stage.values}.items():
-            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar=path.upper())
+            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar=path)
         if "lineage" in stage.computed:
             cmd.add_argument("--lineage", help=COMPUTED["lineage"] + " (default: from --config)")
         cmd.set_defaults(func=_run_stage)
@@ -174,7 +176,12 @@ def parser() -> argparse.ArgumentParser:
 
     cls = sub.add_parser("classify", help="match images to registered templates with an exported model")
     cls.add_argument("model", help="exported .onnx file")
-    cls.add_argument("--register", required=True, help="folder of template images (one per class)")
+    cls.add_argument(
+        "--register",
+        required=True,
+        help="folder of templates: an image per class (the class is its file name), or a sub-folder per "
+        "class (every image in it a template of that class; the best-scoring one decides)",
+    )
     cls.add_argument(
         "--threshold",
         type=float,

@@ -39,9 +39,11 @@ class WarpFeatureLearning(nn.Module):
 def load_trained(checkpoint: str | Path) -> EmbeddingModule:
     """The trained module in eval mode on the CPU, loaded strictly (a missing tensor is an error).
     Hub and local backbone weights are not re-fetched: the checkpoint holds every weight."""
-    module = EmbeddingModule.load_from_checkpoint(
-        checkpoint, map_location="cpu", strict=True, pretrained=False, weights=None
-    )
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False)[
+        EmbeddingModule.CHECKPOINT_HYPER_PARAMS_KEY
+    ]
+    model = {**hparams["model"], "pretrained": False, "weights": None}
+    module = EmbeddingModule.load_from_checkpoint(checkpoint, map_location="cpu", strict=True, model=model)
     return module.eval()
 
 
@@ -128,7 +130,7 @@ def run_stage(
     module = load_trained(checkpoint)
     train_facts = json.loads(Path(train_stamp).read_text())
     val = json.loads(Path(metrics).read_text())["val"]
-    metadata = contract_metadata(settings, module.hparams.embed_dim, name)
+    metadata = contract_metadata(settings, module.embed_dim, name)
     metadata.update(lineage)
     metadata.update(
         {

@@ -1,6 +1,7 @@
 """The LightningModule: embedding network + margin loss, AdamW, per-step warm-up/decay schedule,
-and the pairwise verification metric on validation. Built from plain hyper-parameters only, so
-`EmbeddingModule.load_from_checkpoint(path)` alone rebuilds the trained model."""
+and the pairwise verification metric on validation. Built from the config's blocks (plain data,
+saved whole as its hyper-parameters), so `EmbeddingModule.load_from_checkpoint(path)` alone
+rebuilds the trained model."""
 
 from __future__ import annotations
 
@@ -22,38 +23,44 @@ def warmup_then_decay(step: int, total_steps: int, warmup_steps: int, power: flo
 
 
 class EmbeddingModule(L.LightningModule):
-    def __init__(
-        self,
-        backbone: str,
-        embed_dim: int,
-        num_classes: int,
-        *,
-        pretrained: bool = False,
-        weights: str | None = None,
-        replace_components: bool = True,
-        channels_last: bool = False,
-        loss: str = "cosface",
-        s: float = 64.0,
-        m: float = 0.4,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.1,
-        total_steps: int = 1,
-        warmup_steps: int = 0,
-        power: float = 1.0,
-    ):
+    """Built from the config's blocks as the schema validated them (`model`, `loss`, `optimizer`)
+    and the schedule in steps: these are its hyper-parameters, saved whole in every checkpoint."""
+
+    def __init__(self, num_classes: int, model: dict, loss: dict, optimizer: dict, schedule: dict):
         super().__init__()
         self.save_hyperparameters()
-        self.net = EmbeddingNet(backbone, embed_dim, pretrained, weights, replace_components)
-        self.margin = MarginSoftmax(num_classes, embed_dim, loss, s, m)
-        if channels_last:
+        self.net = EmbeddingNet(
+            model["backbone"],
+            model["embed_dim"],
+            model["pretrained"],
+            model["weights"],
+            model["replace_components"],
+        )
+        self.margin = MarginSoftmax(num_classes, model["embed_dim"], loss["name"], loss["s"], loss["m"])
+        if model["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._val_scores: list[np.ndarray] = []
         self._val_same: list[np.ndarray] = []
         self.last_val: tuple[np.ndarray, np.ndarray] | None = None
 
+    @classmethod
+    def from_settings(cls, settings: dict, num_classes: int, steps_per_epoch: int) -> EmbeddingModule:
+        """From the training stage's settings; the schedule's fractions become steps."""
+        sched = settings["schedule"]
+        total = sched["epochs"] * steps_per_epoch
+        schedule = {
+            "total_steps": total,
+            "warmup_steps": round(sched["warmup_fraction"] * total),
+            "power": sched["power"],
+        }
+        return cls(num_classes, settings["model"], settings["loss"], settings["optimizer"], schedule)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.hparams.model["embed_dim"]
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last:
+        if self.hparams.model["channels_last"]:
             img = img.contiguous(memory_format=torch.channels_last)
         return self.net(img)
 
@@ -83,16 +90,20 @@ class EmbeddingModule(L.LightningModule):
             self.log(f"val/tpr@{fpr}", entry["tpr"], prog_bar=fpr == "0.01")
 
     def configure_optimizers(self):
-        hp = self.hparams
+        opt, sched = self.hparams.optimizer, self.hparams.schedule
         # The reference recipe exempts biases from weight decay (and nothing else).
         decay = [p for n, p in self.named_parameters() if not n.endswith(".bias")]
         no_decay = [p for n, p in self.named_parameters() if n.endswith(".bias")]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.lr,
-            betas=tuple(hp.betas),
+            [
+                {"params": decay, "weight_decay": opt["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=opt["lr"],
+            betas=tuple(opt["betas"]),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_then_decay(step, hp.total_steps, hp.warmup_steps, hp.power)
+            optimizer,
+            lambda step: warmup_then_decay(step, sched["total_steps"], sched["warmup_steps"], sched["power"]),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -28,29 +28,6 @@ from doctrain.metrics import roc_points, verification_metrics
 from doctrain.provenance import state_dict_sha256
 
 
-def build_module(settings: dict, num_classes: int, steps_per_epoch: int) -> EmbeddingModule:
-    model, loss, opt, sched = (settings[k] for k in ("model", "loss", "optimizer", "schedule"))
-    total = sched["epochs"] * steps_per_epoch
-    return EmbeddingModule(
-        model["backbone"],
-        model["embed_dim"],
-        num_classes,
-        pretrained=model["pretrained"],
-        weights=model["weights"],
-        replace_components=model["replace_components"],
-        channels_last=model["channels_last"],
-        loss=loss["name"],
-        s=loss["s"],
-        m=loss["m"],
-        lr=opt["lr"],
-        betas=tuple(opt["betas"]),
-        weight_decay=opt["weight_decay"],
-        total_steps=total,
-        warmup_steps=round(sched["warmup_fraction"] * total),
-        power=sched["power"],
-    )
-
-
 def _loads(checkpoint: Path) -> bool:
     try:
         torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -165,7 +142,7 @@ def _fit(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str,
     cache = Cache(cache_dir)
     train_loader, val_loader = loaders(cache, settings)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
-    module = build_module(settings, num_classes, len(train_loader))
+    module = EmbeddingModule.from_settings(settings, num_classes, len(train_loader))
     best = ModelCheckpoint(
         dirpath=work_dir / "checkpoints",
         filename="epoch{epoch:03d}",
