@@ -140,7 +140,7 @@ def run_stage(
         scores, same = figures.pop("scores"), figures.pop("same")
         if "threshold" in shipped:
             figures["at_shipped_threshold"] = at_threshold(scores, same, shipped["threshold"])
-        curves[f"{split}, all pairs"] = (figures.pop("roc"), figures)
+        curves[f"{split}, all pairs"] = (figures["roc"], figures)
         record[split] = figures
         print(_line(split, figures))
     train_val = json.loads(Path(metrics).read_text())["val"]

@@ -15,7 +15,7 @@ from doctrain import _io  # noqa: E402
 
 def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path) -> None:
     """ROC curves on a log FPR axis (label -> (points, metrics)), the TPR at each reported FPR
-    marked (a cross where the pairs cannot resolve that rate)."""
+    marked (a cross where the pairs cannot resolve that rate, a bar for its 95 % interval)."""
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
     for colour, (label, (points, metrics)) in enumerate(curves.items()):
         fpr = [max(f, 1e-5) for f in points["fpr"]]
@@ -32,6 +32,9 @@ def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path
         for target, entry in metrics["at_fpr"].items():
             style = "o" if entry["resolvable"] else "x"
             ax.plot(float(target), entry["tpr"], style, color=f"C{colour}")
+            if entry.get("tpr_95"):  # the 95 % interval, where the evaluation measured one
+                low, high = entry["tpr_95"]
+                ax.vlines(float(target), low, high, color=f"C{colour}", lw=1, alpha=0.6)
             ax.annotate(
                 f"{entry['tpr']:.3f}",
                 (float(target), entry["tpr"]),
