@@ -90,6 +90,8 @@ def test_provenance_prints_the_contract(exported, capsys):
     assert main(["provenance", str(exported)]) == 0
     out = capsys.readouterr().out
     assert "channel_order: BGR" in out and "embedding_dim: 16" in out
+    # JSON's words, not Python's: what a reader (or a YAML parser) expects.
+    assert "l2_normalised: true" in out and "mean: null" in out and "True" not in out and "None" not in out
 
 
 def test_top1_agreement_counts_swapped_neighbours():

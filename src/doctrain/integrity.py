@@ -104,15 +104,18 @@ def record_origin(stamp: str | Path, stage: str, settings: dict) -> None:
     write_json_atomic(stamp, record)
 
 
+ABSENT = "(absent)"
+
+
 def _short(value) -> str:
-    text = json.dumps(value)
+    text = value if value is ABSENT else json.dumps(value, ensure_ascii=False)
     return text if len(text) <= 40 else text[:37] + "…"
 
 
 def changes(exp: str, config: dict) -> list[str]:
     """What differs, stage by stage, between what built the results and what would build them now:
     `train: optimizer.lr 0.002 → 0.003`, `export: code of doctrain.export`, and the like."""
-    found = []
+    found, environment_changed = [], False
     for stage, template in CHAIN[1:]:
         record = _read_stamp(template.format(exp=exp)) or {}
         built = record.get("built_from")
@@ -120,17 +123,15 @@ def changes(exp: str, config: dict) -> list[str]:
             continue
         now = _origin(config, stage)
         before, after = built.get("settings", {}), now["settings"]
-        keys = [k for k in sorted(set(before) | set(after)) if before.get(k, "—") != after.get(k, "—")]
-        found += [f"{stage}: {k} {_short(before.get(k, '—'))} → {_short(after.get(k, '—'))}" for k in keys]
-        modules = sorted(
-            m
-            for m in set(built.get("code", {})) | set(now["code"])
-            if built["code"].get(m) != now["code"].get(m)
-        )
+        for key in sorted(set(before) | set(after)):
+            old, new = before.get(key, ABSENT), after.get(key, ABSENT)
+            if old != new:
+                found.append(f"{stage}: {key} {_short(old)} → {_short(new)}")
+        code = built.get("code", {})
+        modules = sorted(m for m in set(code) | set(now["code"]) if code.get(m) != now["code"].get(m))
         found += [f"{stage}: code of {', '.join(modules)}"] if modules else []
-        if built.get("environment") != now["environment"]:
-            found.append(f"{stage}: the pinned software environment")
-    return found
+        environment_changed = environment_changed or built.get("environment") != now["environment"]
+    return found + (["the pinned software environment"] if environment_changed else [])
 
 
 def status(exp: str, config: dict, cache: HashCache) -> list[str]:
