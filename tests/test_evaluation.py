@@ -1,6 +1,7 @@
 """Metrics of the shipped model: all pairs, bootstrap intervals over images, the shipped threshold."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from doctrain import evaluation
@@ -16,7 +17,7 @@ def _clusters(classes: int, per_class: int, spread: float, seed: int = 0):
 
 def test_separable_classes_score_one_with_a_tight_interval():
     embeddings, labels = _clusters(6, 5, spread=0.01)
-    figures = evaluation.split_metrics(embeddings, labels, resamples=200, seed=0, desc="test")
+    figures = evaluation.split_metrics({"m": embeddings}, labels, resamples=200, seed=0, desc="test")["m"]
     assert figures["auroc"] == 1.0 and figures["auroc_95"] == pytest.approx([1.0, 1.0])
     assert figures["positive_pairs"] == 6 * 10 and figures["images"] == 30 and figures["classes"] == 6
 
@@ -25,7 +26,7 @@ def test_the_interval_holds_the_estimate_and_narrows_with_more_images():
     widths = []
     for per_class in (4, 40):
         embeddings, labels = _clusters(8, per_class, spread=1.2)
-        figures = evaluation.split_metrics(embeddings, labels, resamples=300, seed=1, desc="test")
+        figures = evaluation.split_metrics({"m": embeddings}, labels, resamples=300, seed=1, desc="test")["m"]
         low, high = figures["auroc_95"]
         assert low <= figures["auroc"] <= high
         widths.append(high - low)
@@ -41,7 +42,7 @@ def test_resampled_copies_of_one_image_are_never_paired():
 
 def test_unresolvable_rates_get_no_interval():
     embeddings, labels = _clusters(3, 3, spread=0.5)  # 27 different-class pairs
-    figures = evaluation.split_metrics(embeddings, labels, resamples=100, seed=0, desc="test")
+    figures = evaluation.split_metrics({"m": embeddings}, labels, resamples=100, seed=0, desc="test")["m"]
     assert figures["at_fpr"]["0.001"]["resolvable"] is False and figures["at_fpr"]["0.001"]["tpr_95"] is None
     assert figures["at_fpr"]["0.1"]["tpr_95"] is not None
 
@@ -51,3 +52,33 @@ def test_the_shipped_threshold_is_strict_as_the_consumer_compares():
     point = evaluation.at_threshold(scores, same, 0.8)
     assert point == {"threshold": 0.8, "fpr": 0.0, "tpr": 0.5}
     assert evaluation.at_threshold(scores, same, 0.5)["fpr"] == pytest.approx(0.5)
+
+
+def test_a_model_beats_a_baseline_only_by_more_than_the_paired_interval():
+    good, labels = _clusters(10, 6, spread=0.6, seed=2)
+    noisy = good + np.random.default_rng(3).normal(scale=0.6, size=good.shape)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    figures = evaluation.split_metrics({"model": good, "baseline": noisy}, labels, 300, seed=0, desc="test")
+    clear = evaluation.compare(figures["model"], figures["baseline"])
+    assert clear["auroc"]["beats"] and clear["auroc"]["difference"] > 0
+    same = evaluation.compare(figures["model"], figures["model"])
+    assert same["auroc"] == {"difference": 0.0, "difference_95": [0.0, 0.0], "beats": False}
+
+
+def test_the_raw_pixel_baseline_is_mean_centred_unit_rows(tmp_path):
+    from doctrain import cache
+
+    images = np.zeros((3, 32, 32, 3), np.uint8)
+    images[1, :16] = 255  # top half white
+    images[2] = 255 - images[1]  # its negative
+    np.save(tmp_path / "images.npy", images)
+    index = pd.DataFrame(
+        {"image": [0, 1, 2], "variant": 0, "class_id": [0, 1, 2], "label": list("abc"), "split": "val"}
+    )
+    index.to_parquet(tmp_path / "index.parquet")
+    rows = evaluation.raw_pixels(cache.Cache(tmp_path), "val")
+    assert rows.shape == (3, evaluation.BASELINE_SIDE**2)
+    np.testing.assert_allclose(
+        rows[1:] @ rows[1:].T, [[1, -1], [-1, 1]], atol=1e-9
+    )  # contrast, not brightness
+    assert not rows[0].any()  # a flat image has no pattern to compare

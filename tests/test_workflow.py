@@ -58,6 +58,11 @@ def test_the_shipped_file_is_evaluated_on_every_pair_with_intervals(restore):
     training = json.loads((built / "results/smoke/metrics.json").read_text())
     assert record["within_batch_val"]["auroc"] == training["val"]["auroc"]
     assert "test" not in record  # the smoke data has no test split
+    baseline = val["baseline"]  # raw pixels on the same pairs, and the paired difference
+    assert baseline["positive_pairs"] == val["positive_pairs"] and 0 <= baseline["auroc"] <= 1
+    difference = val["against_baseline"]["auroc"]
+    assert difference["difference"] == pytest.approx(val["auroc"] - baseline["auroc"])
+    assert "raw-pixel baseline" in (built / "results/smoke/logs/evaluate.log").read_text()
     _edit_config(built, "evaluation.bootstrap_resamples", 200)
     assert set(planned_jobs(snakemake(built, "-n", EVALUATION))) == {"evaluate"}
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ from doctrain.metrics import FPR_TARGETS, roc_points, verification_metrics
 from doctrain.onnx_model import read_metadata, session
 
 BATCH = 64
+BASELINE_SIDE = 12
 
 
 def embed_split(model: str | Path, cache: Cache, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -43,6 +45,24 @@ def embed_split(model: str | Path, cache: Cache, split: str) -> tuple[np.ndarray
     return np.concatenate(chunks), rows["label"].to_numpy()
 
 
+def raw_pixels(cache: Cache, split: str, side: int = BASELINE_SIDE) -> np.ndarray:
+    """The baseline a trained model has to beat: each image as a grey side × side thumbnail, its
+    mean subtracted, as a unit row [N, side²] (cosine of raw pixels, no learning)."""
+    rows = cache.split(split)
+    thumbs = np.stack(
+        [
+            cv2.resize(
+                cv2.cvtColor(cache.sample(int(r.image), int(r.variant)), cv2.COLOR_BGR2GRAY),
+                (side, side),
+                interpolation=cv2.INTER_AREA,
+            )
+            for r in rows.itertuples()
+        ]
+    ).reshape(len(rows), -1)
+    centred = thumbs.astype(np.float64) - thumbs.mean(axis=1, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+
+
 def _pairs(cosine: np.ndarray, labels: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Scores and same-class flags of every pair of `picked` images that are not one image twice."""
     first, second = np.triu_indices(len(picked), k=1)
@@ -56,31 +76,60 @@ def _interval(values: list[float]) -> list[float] | None:
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
 
 
-def split_metrics(embeddings: np.ndarray, labels: np.ndarray, resamples: int, seed: int, desc: str) -> dict:
-    """All-pairs AUROC and TPR at each FPR target, each with its bootstrap interval, and the share
-    of pairs at each threshold."""
-    cosine = embeddings @ embeddings.T
+def split_metrics(
+    embeddings: dict[str, np.ndarray], labels: np.ndarray, resamples: int, seed: int, desc: str
+) -> dict[str, dict]:
+    """Per embedding (name -> [N, D] unit rows): all-pairs AUROC and TPR at each FPR target, each
+    with its bootstrap interval. Every embedding is scored on the same resampled images, so the
+    difference between two of them (`compare`) has an interval of its own."""
+    cosines = {name: e @ e.T for name, e in embeddings.items()}
     everything = np.arange(len(labels))
-    scores, same = _pairs(cosine, labels, everything)
-    figures = verification_metrics(scores, same)
-    figures.update(images=len(labels), classes=int(len(np.unique(labels))))
+    figures = {}
+    for name, cosine in cosines.items():
+        scores, same = _pairs(cosine, labels, everything)
+        figures[name] = verification_metrics(scores, same)
+        figures[name].update(
+            images=len(labels),
+            classes=int(len(np.unique(labels))),
+            roc=roc_points(scores, same),
+            scores=scores,
+            same=same,
+            draws={"auroc": [], **{f"tpr@{t:g}": [] for t in FPR_TARGETS}},
+        )
     rng = np.random.default_rng(seed)
-    aurocs: list[float] = []
-    tprs: dict[str, list[float]] = {f"{t:g}": [] for t in FPR_TARGETS}
     for _ in tqdm(range(resamples), desc=f"evaluate: {desc} bootstrap", unit="resample", mininterval=2):
-        s, y = _pairs(cosine, labels, rng.integers(0, len(labels), len(labels)))
-        if y.all() or not y.any():
-            continue
-        again = verification_metrics(s, y)
-        aurocs.append(again["auroc"])
-        for target, entry in again["at_fpr"].items():
-            tprs[target].append(entry["tpr"])
-    figures["auroc_95"] = _interval(aurocs)
-    for target, entry in figures["at_fpr"].items():
-        entry["tpr_95"] = _interval(tprs[target]) if entry["resolvable"] else None
-    figures["roc"] = roc_points(scores, same)
-    figures["scores"], figures["same"] = scores, same
+        picked = rng.integers(0, len(labels), len(labels))
+        for name, cosine in cosines.items():
+            s, y = _pairs(cosine, labels, picked)
+            if y.all() or not y.any():
+                break  # this resample holds one class only: no figure, for any embedding
+            again = verification_metrics(s, y)
+            draws = figures[name]["draws"]
+            draws["auroc"].append(again["auroc"])
+            for target, entry in again["at_fpr"].items():
+                draws[f"tpr@{target}"].append(entry["tpr"])
+    for fig in figures.values():
+        fig["auroc_95"] = _interval(fig["draws"]["auroc"])
+        for target, entry in fig["at_fpr"].items():
+            entry["tpr_95"] = _interval(fig["draws"][f"tpr@{target}"]) if entry["resolvable"] else None
     return figures
+
+
+def compare(model: dict, baseline: dict) -> dict:
+    """Model minus baseline on AUROC and (where resolvable) on TPR at FPR 1e-2, each with the
+    interval of the paired differences; `beats` is true when the whole interval lies above zero."""
+    points = {"auroc": (model["auroc"], baseline["auroc"])}
+    if model["at_fpr"]["0.01"]["resolvable"]:
+        points["tpr@0.01"] = (model["at_fpr"]["0.01"]["tpr"], baseline["at_fpr"]["0.01"]["tpr"])
+    out = {}
+    for figure, (ours, theirs) in points.items():
+        low_high = _interval(list(np.subtract(model["draws"][figure], baseline["draws"][figure])))
+        out[figure] = {
+            "difference": ours - theirs,
+            "difference_95": low_high,
+            "beats": bool(low_high and low_high[0] > 0),
+        }
+    return out
 
 
 def at_threshold(scores: np.ndarray, same: np.ndarray, threshold: float) -> dict:
@@ -92,6 +141,27 @@ def at_threshold(scores: np.ndarray, same: np.ndarray, threshold: float) -> dict
         "fpr": float(accepted[~same].mean()),
         "tpr": float(accepted[same].mean()),
     }
+
+
+BASELINE_WHAT = f"cosine of mean-centred grey {BASELINE_SIDE}x{BASELINE_SIDE} thumbnails (no learning)"
+
+
+def _baseline_line(split: str, baseline: dict, comparison: dict) -> str:
+    """Whether the model beats raw pixels by more than the interval, on every compared figure."""
+    parts = [
+        f"{figure} {c['difference']:+.3f} [{c['difference_95'][0]:+.3f}, {c['difference_95'][1]:+.3f}]"
+        for figure, c in comparison.items()
+        if c["difference_95"]
+    ]
+    tpr = baseline["at_fpr"]["0.01"]
+    figures = f"AUROC {baseline['auroc']:.3f}" + (
+        f", TPR {tpr['tpr']:.3f} at FPR 0.01" if tpr["resolvable"] else ""
+    )
+    if all(c["beats"] for c in comparison.values()):
+        opening = f"{split}: the model beats the raw-pixel baseline ({figures})"
+    else:
+        opening = f"warning: {split}: the model does not clearly beat the raw-pixel baseline ({figures})"
+    return f"{opening}; model minus baseline, 95 % interval: {', '.join(parts)}"
 
 
 def _line(split: str, figures: dict) -> str:
@@ -136,13 +206,29 @@ def run_stage(
     curves = {}
     for split in splits:
         embeddings, labels = embed_split(model, opened, split)
-        figures = split_metrics(embeddings, labels, options["bootstrap_resamples"], options["seed"], split)
+        both = split_metrics(
+            {"model": embeddings, "baseline": raw_pixels(opened, split)},
+            labels,
+            options["bootstrap_resamples"],
+            options["seed"],
+            split,
+        )
+        figures, baseline = both["model"], both["baseline"]
+        comparison = compare(figures, baseline)
         scores, same = figures.pop("scores"), figures.pop("same")
         if "threshold" in shipped:
             figures["at_shipped_threshold"] = at_threshold(scores, same, shipped["threshold"])
+        for fig in both.values():
+            fig.pop("draws")
+        for key in ("scores", "same", "images", "classes"):
+            baseline.pop(key)
+        figures["baseline"] = {"what": BASELINE_WHAT, **baseline}
+        figures["against_baseline"] = comparison
         curves[f"{split}, all pairs"] = (figures["roc"], figures)
+        curves[f"{split}, raw-pixel baseline"] = (baseline["roc"], baseline)
         record[split] = figures
         print(_line(split, figures))
+        print(_baseline_line(split, figures["baseline"], comparison))
     train_val = json.loads(Path(metrics).read_text())["val"]
     record["within_batch_val"] = {
         "what": "the reference recipe's figure: PyTorch checkpoint, pairs within each validation batch",

@@ -26,6 +26,7 @@ def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path
             fpr,
             points["tpr"],
             lw=2,
+            ls="--" if "baseline" in label else "-",
             color=f"C{colour}",
             label=f"{label}: AUROC {metrics['auroc']:.4f}{interval}\n{pairs}",
         )
