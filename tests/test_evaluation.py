@@ -76,7 +76,8 @@ def test_the_raw_pixel_baseline_is_mean_centred_unit_rows(tmp_path):
         {"image": [0, 1, 2], "variant": 0, "class_id": [0, 1, 2], "label": list("abc"), "split": "val"}
     )
     index.to_parquet(tmp_path / "index.parquet")
-    rows = evaluation.raw_pixels(cache.Cache(tmp_path), "val")
+    opened = cache.Cache(tmp_path)
+    rows = np.stack([evaluation.raw_pixels(image) for image in opened.samples(opened.split("val"))])
     assert rows.shape == (3, evaluation.BASELINE_SIDE**2)
     np.testing.assert_allclose(
         rows[1:] @ rows[1:].T, [[1, -1], [-1, 1]], atol=1e-9

@@ -89,6 +89,10 @@ class Cache:
         """uint8 BGR [S, S, 3], contiguous (a copy: the memory map stays read-only)."""
         return np.ascontiguousarray(apply_variant(self.images[image], variant))
 
+    def samples(self, rows: pd.DataFrame) -> np.ndarray:
+        """uint8 BGR [N, S, S, 3] of index rows (their `image` and `variant`)."""
+        return np.stack([self.sample(int(r.image), int(r.variant)) for r in rows.itertuples()])
+
 
 def run_stage(
     settings: dict, validated: str | Path, images: str | Path, index: str | Path, summary: str | Path

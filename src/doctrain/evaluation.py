@@ -20,6 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 from tqdm import tqdm
 
 from doctrain import _io, images, plots
@@ -31,36 +32,30 @@ BATCH = 64
 BASELINE_SIDE = 12
 
 
-def embed_split(model: str | Path, cache: Cache, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings [N, D] of a split's images by the ONNX file, and their labels [N]."""
-    meta = read_metadata(model)
+def embed_split(sess: ort.InferenceSession, meta: dict, cache: Cache, split: str) -> dict[str, np.ndarray]:
+    """A split's labels [N], its embeddings [N, D] by the ONNX file, and the raw-pixel baseline's
+    [N, side²] — the baseline a trained model has to beat: each image as a grey side × side
+    thumbnail, its mean subtracted, as a unit row (cosine of raw pixels, no learning). Images are
+    read once, a batch at a time."""
     input_name, output_name = meta["input"]["name"], meta["output"]["name"]
-    sess = session(model)
     rows = cache.split(split)
-    chunks = []
+    embeddings, thumbs = [], []
     for start in range(0, len(rows), BATCH):
-        part = rows.iloc[start : start + BATCH]
-        batch = np.stack([cache.sample(int(r.image), int(r.variant)) for r in part.itertuples()])
-        chunks.append(sess.run([output_name], {input_name: images.to_input(batch)})[0])
-    return np.concatenate(chunks), rows["label"].to_numpy()
+        batch = cache.samples(rows.iloc[start : start + BATCH])
+        embeddings.append(sess.run([output_name], {input_name: images.to_input(batch)})[0])
+        thumbs += [raw_pixels(image) for image in batch]
+    return {
+        "labels": rows["label"].to_numpy(),
+        "model": np.concatenate(embeddings),
+        "baseline": np.stack(thumbs),
+    }
 
 
-def raw_pixels(cache: Cache, split: str, side: int = BASELINE_SIDE) -> np.ndarray:
-    """The baseline a trained model has to beat: each image as a grey side × side thumbnail, its
-    mean subtracted, as a unit row [N, side²] (cosine of raw pixels, no learning)."""
-    rows = cache.split(split)
-    thumbs = np.stack(
-        [
-            cv2.resize(
-                cv2.cvtColor(cache.sample(int(r.image), int(r.variant)), cv2.COLOR_BGR2GRAY),
-                (side, side),
-                interpolation=cv2.INTER_AREA,
-            )
-            for r in rows.itertuples()
-        ]
-    ).reshape(len(rows), -1)
-    centred = thumbs.astype(np.float64) - thumbs.mean(axis=1, keepdims=True)
-    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+def raw_pixels(image: np.ndarray, side: int = BASELINE_SIDE) -> np.ndarray:
+    """One uint8 BGR image as the baseline's unit row: grey, side × side, mean-centred."""
+    thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (side, side), interpolation=cv2.INTER_AREA)
+    centred = thumb.reshape(-1).astype(np.float64) - thumb.mean()
+    return centred / max(np.linalg.norm(centred), 1e-12)
 
 
 def _pairs(cosine: np.ndarray, labels: np.ndarray, picked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +188,8 @@ def run_stage(
     """Evaluate the published model; write the report (the stage's stamp) and the ROC plot."""
     options = settings["evaluation"]
     opened = Cache(Path(cache).parent)
-    shipped = read_metadata(model).get("operating_point", {})
+    meta, sess = read_metadata(model), session(model)
+    shipped = meta.get("operating_point", {})
     splits = [s for s in ("val", "test") if len(opened.split(s))]
     record: dict = {
         "model": {"path": str(model), "sha256": _io.sha256_file(model)},
@@ -205,10 +201,10 @@ def run_stage(
     }
     curves = {}
     for split in splits:
-        embeddings, labels = embed_split(model, opened, split)
+        embedded = embed_split(sess, meta, opened, split)
         both = split_metrics(
-            {"model": embeddings, "baseline": raw_pixels(opened, split)},
-            labels,
+            {"model": embedded["model"], "baseline": embedded["baseline"]},
+            embedded["labels"],
             options["bootstrap_resamples"],
             options["seed"],
             split,

@@ -103,7 +103,7 @@ def verify(settings: dict, checkpoint: str | Path, onnx_path: str | Path, cache_
 
     module = load_trained(checkpoint)
     val = cache.split("val").head(parity["val_images"])
-    real = images.to_input(np.stack([cache.sample(int(r.image), int(r.variant)) for r in val.itertuples()]))
+    real = images.to_input(cache.samples(val))
     rng = np.random.default_rng(0)
     noise = rng.random((parity["random_inputs"], *real.shape[1:]), dtype=np.float32)
     dynamic = not isinstance(sess.get_inputs()[0].shape[0], int)

@@ -71,18 +71,15 @@ class _DropTips(logging.Filter):
 
 @contextlib.contextmanager
 def _without_noise():
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero",)]
-    tips = _DropTips()
+    logger, tips = logging.getLogger("lightning.pytorch.utilities.rank_zero"), _DropTips()
     with warnings.catch_warnings():
         for message in NOISE:
             warnings.filterwarnings("ignore", message=message)
-        for logger in loggers:
-            logger.addFilter(tips)
+        logger.addFilter(tips)
         try:
             yield
         finally:
-            for logger in loggers:
-                logger.removeFilter(tips)
+            logger.removeFilter(tips)
 
 
 @contextlib.contextmanager
