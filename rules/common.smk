@@ -17,7 +17,7 @@ sys.path.insert(0, str(SRC))
 
 from doctrain import experiments, fingerprint, integrity, stages
 from doctrain.container import check_present, image as container_image
-from doctrain.config import canonical_json
+from doctrain.config import canonical_json, parse_overrides
 from doctrain.errors import UserError
 
 # All the rules run `python -m doctrain`, with the checkout's src/ ahead of any installed copy. The
@@ -26,13 +26,21 @@ from doctrain.errors import UserError
 SRC_QUOTED = shlex.quote(str(SRC))
 shell.prefix("set -euo pipefail; export PYTHONPATH={SRC_QUOTED}${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
-# A broken or badly named config stops only its own targets (rule config_error), not the others.
-FOUND = experiments.find(os.path.relpath(Path(workflow.basedir, "configs")))
-EXPERIMENTS = FOUND.configs
-if FOUND.broken:
-    logger.warning(f"doctrain: {FOUND.broken_message()}")
-
+# The workflow's own config (--config KEY=VALUE): experiment settings live in configs/, not here.
+WORKFLOW_KEYS = {
+    "container": "the image the rules run in under --sdm apptainer (default: this checkout's build)",
+    "overrides": "dotted experiment keys set in every experiment, e.g. 'optimizer.lr=1.0e-3 schedule.epochs=2'",
+}
 try:
+    unknown = sorted(set(config) - set(WORKFLOW_KEYS))
+    if unknown:
+        raise UserError(
+            f"--config {unknown[0]}: doctrain's workflow takes only "
+            + "; ".join(f"{key} ({what})" for key, what in WORKFLOW_KEYS.items())
+            + ". Experiment settings go in configs/NAME.yaml, a sweep, or --config overrides=..."
+        )
+    OVERRIDES_TEXT = str(config.get("overrides") or "")
+    OVERRIDES = parse_overrides(OVERRIDES_TEXT, "--config overrides")
     # The image the rules run in under --sdm apptainer: the workflow config's `container`
     # (--config container=IMAGE), else this checkout's own build, named by its version.
     CONTAINER_IMAGE = container_image(config.get("container"), workflow.basedir)
@@ -40,6 +48,12 @@ try:
         check_present(CONTAINER_IMAGE)
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
+
+# A broken or badly named config or sweep stops only its own targets (rule config_error).
+FOUND = experiments.find(os.path.relpath(Path(workflow.basedir, "configs")), OVERRIDES)
+EXPERIMENTS = FOUND.configs
+if FOUND.broken or FOUND.broken_sweeps:
+    logger.warning(f"doctrain: {FOUND.broken_message()}")
 
 
 def _alternatives(names):
@@ -49,6 +63,8 @@ def _alternatives(names):
 wildcard_constraints:
     exp=_alternatives(EXPERIMENTS),
     broken=_alternatives(FOUND.broken),
+    group=_alternatives(["all", *FOUND.sweeps]),
+    broken_sweep=_alternatives(FOUND.broken_sweeps),
     dataset="[A-Za-z0-9_.-]+",
 
 
@@ -66,6 +82,17 @@ ENVIRONMENT = fingerprint.environment_digest()
 def train_cpus(w):
     """The training process and its loader workers."""
     return EXPERIMENTS[w.exp]["data"]["loader"]["num_workers"] + 1
+
+
+def train_threads(w):
+    """trainer.threads where the config pins them (part of the training's fingerprint); else what
+    Snakemake grants, by default one per process (--set-threads train=N gives more)."""
+    return EXPERIMENTS[w.exp]["trainer"]["threads"] or train_cpus(w)
+
+
+def train_gpus(w):
+    """A GPU for a training that may use one: on a workstation, doctrain.devices picks which."""
+    return 0 if EXPERIMENTS[w.exp]["trainer"]["accelerator"] == "cpu" else 1
 
 
 def train_mem_mb(w):
@@ -116,10 +143,14 @@ BREAKS = {}
 if workflow.is_main_process:
     _hashes = fingerprint.HashCache(fingerprint.HASH_CACHE)
     fingerprint.refresh_dataset_fingerprints(
-        {dataset_fingerprint_path(exp): cfg["data"]["manifest"] for exp, cfg in EXPERIMENTS.items()},
+        {
+            dataset_fingerprint_path(exp): cfg["data"]["manifest"]
+            for exp, cfg in EXPERIMENTS.items()
+            if FOUND.owner(exp) == exp
+        },
         _hashes,
     )
-    BREAKS = {exp: integrity.first_break(exp, _hashes) for exp in EXPERIMENTS}
+    BREAKS = {exp: integrity.first_break(exp, _hashes, FOUND.owner(exp)) for exp in EXPERIMENTS}
     _hashes.save()
 
 
@@ -148,12 +179,12 @@ def stage_inputs(stage):
                 files[name] = ancient(manifest(w))
                 files["dataset_fingerprint"] = dataset_fingerprint_path(w.exp)
                 continue
-            stamp = stages.stamp_path(PRODUCERS[template])
-            files[name] = (
-                template.format(exp=w.exp) if template == stamp else ancient(template.format(exp=w.exp))
-            )
+            producer = PRODUCERS[template]
+            exp = FOUND.owner(w.exp) if producer.shared else w.exp
+            stamp = stages.stamp_path(producer)
+            files[name] = template.format(exp=exp) if template == stamp else ancient(template.format(exp=exp))
             if stamp not in stage.inputs.values():
-                files[f"{PRODUCERS[template].name}_stamp"] = stamp.format(exp=w.exp)
+                files[f"{producer.name}_stamp"] = stamp.format(exp=exp)
         return files
 
     return inputs
@@ -205,10 +236,27 @@ STAGE_SHELL = (
 SCHEDULING = {
     "validate": {"threads": 2},
     "verify": {"threads": 2},
-    "train": {"threads": 2, "resources": {"gpu": 1, "cpus_per_gpu": train_cpus, "mem_mb": train_mem_mb}},
+    "train": {
+        "threads": train_threads,
+        "resources": {"gpu": train_gpus, "cpus_per_gpu": train_cpus, "mem_mb": train_mem_mb},
+    },
 }
 EXPERIMENT_STAGES = stages.EXPERIMENT_STAGES
 STAGES = stages.STAGES
+
+
+def group_members(group):
+    return sorted(EXPERIMENTS) if group == "all" else FOUND.sweeps[group]
+
+
+def compared_results(w):
+    """What the compare table reads of each experiment: its evaluation and the stamps of training and
+    publication (each stamp vouches for the files beside it)."""
+    return {
+        f"{exp}_{what}": f"results/{exp}/{what}.json"
+        for exp in group_members(w.group)
+        for what in ("evaluation", "model.stamp", "provenance")
+    }
 
 
 def config_error(w):

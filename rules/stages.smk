@@ -32,3 +32,34 @@ rule config_error:
         config_error,
     output:
         "results/{broken}.onnx",
+
+
+rule sweep_error:
+    input:
+        config_error,
+    output:
+        "results/compare/{broken_sweep}.md",
+
+
+# One table (and one ROC figure) comparing a group of experiments: a sweep's, or `all` of them.
+rule compare:
+    input:
+        unpack(compared_results),
+    output:
+        csv="results/compare/{group}.csv",
+        md="results/compare/{group}.md",
+        html=report_output(
+            "results/compare/{group}.html", caption="../report/compare.rst", category="compare"
+        ),
+        roc_png=report_output(
+            "results/compare/{group}_roc.png", caption="../report/compare_roc.rst", category="compare"
+        ),
+    log:
+        "results/compare/logs/{group}.log",
+    params:
+        experiments=lambda w: " ".join(shlex.quote(e) for e in group_members(w.group)),
+        overrides=OVERRIDES_TEXT,
+    shell:
+        "python -m doctrain compare {params.experiments} --overrides={params.overrides:q}"
+        " --title {wildcards.group:q} --csv {output.csv:q} --md {output.md:q} --html {output.html:q}"
+        " --roc-png {output.roc_png:q} > {log:q} 2>&1"

@@ -45,8 +45,9 @@ def write_text_atomic(target: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def write_json_atomic(target: str | Path, value: Any) -> None:
-    write_text_atomic(target, json.dumps(value, indent=2, sort_keys=True) + "\n")
+def write_json_atomic(target: str | Path, value: Any, sort_keys: bool = True) -> None:
+    """`sort_keys=False` keeps the order of `value`, e.g. a summary before long curves."""
+    write_text_atomic(target, json.dumps(value, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def write_if_changed(target: str | Path, text: str) -> bool:

@@ -117,23 +117,42 @@ def _status(args: argparse.Namespace) -> int:
     from doctrain import experiments, fingerprint, integrity
 
     found = experiments.find("configs")
-    names = args.experiments or sorted(found.configs)
-    unknown = [n for n in names if n not in found.configs]
-    if unknown:
-        raise UserError(
-            found.broken_message()
-            if set(unknown) & set(found.broken)
-            else f"no configs/{unknown[0]}.yaml (experiments: {', '.join(found.configs)})"
-        )
+    names = found.select(args.experiments)
     cache = fingerprint.HashCache(fingerprint.HASH_CACHE)
     stale = 0
     for name in names:
-        problems = integrity.status(name, found.configs[name], cache)
+        problems = integrity.status(name, found.configs[name], cache, found.owner(name))
         stale += bool(problems)
         answer = "; ".join(problems) if problems else f"current: results/{name}.onnx is what it builds"
         print(f"{name}: {answer}")
     cache.save()
     return 1 if stale else 0
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from doctrain import compare, experiments
+    from doctrain.config import parse_overrides
+
+    found = experiments.find("configs", parse_overrides(args.overrides, "--overrides"))
+    names = found.select(args.experiments)
+    if not args.experiments:
+        names = [n for n in names if Path(f"results/{n}/evaluation.json").exists()]
+        if not names:
+            raise UserError(
+                "no experiment has been evaluated yet (results/EXP/evaluation.json); build one first"
+            )
+    chosen = {name: (found.owner(name), found.configs[name]) for name in names}
+    try:
+        frame, _ = compare.table(chosen, args.sort)
+    except KeyError:
+        columns = compare.table(chosen)[0].columns
+        raise UserError(f"--sort {args.sort}: no such column (have: {', '.join(columns)})") from None
+    files = (args.csv, args.md, args.html, args.roc_png)
+    if any(files) and not all(files):
+        raise UserError("give --csv, --md, --html and --roc-png together")
+    if all(files):
+        compare.write(chosen, args.title, *map(Path, files), args.sort)
+    print(compare.markdown(frame), end="")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -197,6 +216,31 @@ def parser() -> argparse.ArgumentParser:
     )
     status.add_argument("experiments", nargs="*", metavar="EXP", help="experiments (default: every config)")
     status.set_defaults(func=_status)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="one table of experiments: the settings that differ, AUROC, TPR and threshold at each FPR, "
+        "baseline, training time, parity",
+        description="Print a table of experiments from their results: the settings each was built with "
+        "that differ between them, then its figures. Rows of experiments not built yet say so.",
+    )
+    cmp.add_argument(
+        "experiments",
+        nargs="*",
+        metavar="EXP",
+        help="experiments or sweeps (configs/sweeps/NAME.yaml) (default: every evaluated experiment)",
+    )
+    cmp.add_argument(
+        "--sort", metavar="COLUMN", help="sort by a column: figures best first, names and settings ascending"
+    )
+    cmp.add_argument("--overrides", default="", help="as the workflow's --config overrides=...")
+    files = cmp.add_argument_group("files to write besides printing (all four or none)")
+    files.add_argument("--csv")
+    files.add_argument("--md")
+    files.add_argument("--html")
+    files.add_argument("--roc-png")
+    cmp.add_argument("--title", default="experiments", help="heading of the .md and the figure")
+    cmp.set_defaults(func=_compare)
 
     prov = sub.add_parser("provenance", help="print what an exported ONNX file was built from")
     prov.add_argument("model")

@@ -116,16 +116,71 @@ def _check_consistency(config: dict, source: str) -> None:
         raise UserError(f"{source}: " + "; ".join(problems))
 
 
-def load_config(path: str | Path) -> dict:
-    """Read and validate one experiment config file."""
+def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path} is not valid YAML: {exc}") from None
-    return validate_config(raw, source=str(path))
+
+
+def load_config(path: str | Path) -> dict:
+    """Read and validate one experiment config file."""
+    return validate_config(read_yaml(path), source=str(path))
+
+
+def with_overrides(raw: Any, overrides: dict[str, Any], source: str) -> dict:
+    """A copy of a raw config with each dotted key set (`optimizer.lr` -> raw["optimizer"]["lr"]);
+    the schema then judges the result like any config file."""
+    config = copy.deepcopy(raw) if raw is not None else {}
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if not all(parts):
+            raise UserError(f"{source}: '{dotted}' is not a dotted config key like optimizer.lr")
+        node = config
+        for depth, part in enumerate(parts[:-1]):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise UserError(
+                    f"{source}: '{'.'.join(parts[: depth + 1])}' is a value, not a block of settings"
+                )
+        node[parts[-1]] = value
+    return config
+
+
+def parse_overrides(text: str, source: str) -> dict[str, Any]:
+    """`optimizer.lr=1e-3 loss.m=0.3` -> {"optimizer.lr": 0.001, "loss.m": 0.3}: pairs separated by
+    spaces, each value read as YAML (numbers, true/false, [lists], strings)."""
+    overrides = {}
+    for pair in text.split():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"{source}: '{pair}' is not KEY=VALUE (for example optimizer.lr=1.0e-3)")
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UserError(f"{source}: the value of {key} is not valid YAML ({exc})") from None
+        overrides[key] = yaml_number(overrides[key])
+    return overrides
+
+
+def yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads 1e-3 (no dot) as a string; where a value is given to set a key, it means the
+    number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def format_overrides(overrides: dict[str, Any]) -> str:
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in overrides.items())
 
 
 def get_key(config: dict, dotted: str) -> Any:

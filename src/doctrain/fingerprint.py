@@ -22,7 +22,7 @@ from pathlib import Path
 
 from doctrain import _io
 from doctrain.config import canonical_json, get_key
-from doctrain.stages import MODEL_STAGES, STAGES
+from doctrain.stages import DATA_STAGES, MODEL_STAGES, STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = PACKAGE_DIR.parents[1] / "envs" / "requirements.txt"
@@ -43,6 +43,11 @@ def settings_json(config: dict, stage: str) -> str:
     """The stage's settings as one canonical JSON line keyed by dotted path, so that Snakemake's
     reason lines read like `{"optimizer.lr":0.001}`."""
     return canonical_json(dotted_settings(config, stage))
+
+
+def data_settings_json(config: dict) -> str:
+    """Everything that decides the data stages' results: experiments that agree on it share them."""
+    return canonical_json({stage: dotted_settings(config, stage) for stage in DATA_STAGES})
 
 
 def nest(dotted: dict) -> dict:

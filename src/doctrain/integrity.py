@@ -26,6 +26,8 @@ from doctrain.stages import DATASET_FINGERPRINT, EXPERIMENT_STAGES, stamp_path
 CHAIN = (("dataset_fingerprint", DATASET_FINGERPRINT),) + tuple(
     (stage.name, stamp_path(stage)) for stage in EXPERIMENT_STAGES
 )
+# Stamps in the data owner's results (doctrain.experiments): the data stages and what they read.
+SHARED = {"dataset_fingerprint", *(stage.name for stage in EXPERIMENT_STAGES if stage.shared)}
 PUBLISHED = "results/{exp}.onnx"
 PUBLISHING = [stage for stage, _ in CHAIN].index("verify")  # stages after it follow publication
 
@@ -53,9 +55,16 @@ def _read_stamp(path: str) -> dict | None:
     return record
 
 
-def first_break(exp: str, cache: HashCache) -> Break | None:
+def chain(exp: str, owner: str | None = None) -> list[tuple[str, str]]:
+    """(stage, stamp path) of `exp` in pipeline order; `owner` holds its data stages' results."""
+    return [
+        (stage, template.format(exp=owner or exp if stage in SHARED else exp)) for stage, template in CHAIN
+    ]
+
+
+def first_break(exp: str, cache: HashCache, owner: str | None = None) -> Break | None:
     """The earliest stage of `exp` to run again, or None when every stamp present holds."""
-    stamps = [(stage, template.format(exp=exp)) for stage, template in CHAIN]
+    stamps = chain(exp, owner)
     present = [os.path.exists(stamp) for _, stamp in stamps]
     published = PUBLISHED.format(exp=exp)
     for position, (stage, stamp) in enumerate(stamps):
@@ -112,12 +121,12 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "…"
 
 
-def changes(exp: str, config: dict) -> list[str]:
+def changes(exp: str, config: dict, owner: str | None = None) -> list[str]:
     """What differs, stage by stage, between what built the results and what would build them now:
     `train: optimizer.lr 0.002 → 0.003`, `export: code of doctrain.export`, and the like."""
     found, environment_changed = [], False
-    for stage, template in CHAIN[1:]:
-        record = _read_stamp(template.format(exp=exp)) or {}
+    for stage, stamp in chain(exp, owner)[1:]:
+        record = _read_stamp(stamp) or {}
         built = record.get("built_from")
         if not isinstance(built, dict):
             continue
@@ -134,7 +143,7 @@ def changes(exp: str, config: dict) -> list[str]:
     return found + (["the pinned software environment"] if environment_changed else [])
 
 
-def status(exp: str, config: dict, cache: HashCache) -> list[str]:
+def status(exp: str, config: dict, cache: HashCache, owner: str | None = None) -> list[str]:
     """Why results/{exp}.onnx is not what the current config, code and data build ([] when it is)."""
     import onnx
 
@@ -145,7 +154,7 @@ def status(exp: str, config: dict, cache: HashCache) -> list[str]:
     if not os.path.exists(published):
         return [f"{published} has not been built"]
     problems = []
-    damage = first_break(exp, cache)
+    damage = first_break(exp, cache, owner)
     if damage is not None:
         problems.append(damage.reason)
     try:
@@ -153,22 +162,22 @@ def status(exp: str, config: dict, cache: HashCache) -> list[str]:
         built = from_metadata({p.key: p.value for p in model.metadata_props})
     except Exception as exc:  # protobuf raises its own DecodeError for a damaged file
         return problems + [f"{published} cannot be read as ONNX ({exc})"]
-    detail = changes(exp, config)
+    detail = changes(exp, config, owner)
     if detail:
         return (
             problems
             + [f"changed since it was built: {', '.join(detail)}"]
-            + _data_changed(exp, config, cache)
+            + _data_changed(owner or exp, config, cache)
         )
     now = lineage(config)
     for key, what in (
-        ("config_sha256", f"the settings in configs/{exp}.yaml"),
+        ("config_sha256", f"the settings of {exp}"),
         ("code_sha256", "the library code"),
         ("environment_sha256", "the pinned software environment"),
     ):
         if built.get(key) != now[key]:
             problems.append(f"{what} changed since it was built")
-    return problems + _data_changed(exp, config, cache)
+    return problems + _data_changed(owner or exp, config, cache)
 
 
 def _data_changed(exp: str, config: dict, cache: HashCache) -> list[str]:

@@ -56,6 +56,37 @@ def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path
     _save(fig, out)
 
 
+def roc_overlay(curves: dict[str, dict], title: str, out: str | Path, legend_max: int = 12) -> None:
+    """Many experiments' validation ROC on one log-FPR axis (name -> its evaluation figures, with
+    `roc` and `baseline`), their raw-pixel baselines dashed in grey; the legend, best AUROC first,
+    names the `legend_max` best."""
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    ranked = sorted(curves.items(), key=lambda item: -item[1]["auroc"])
+    for rank, (name, figures) in enumerate(ranked):
+        baseline = figures["baseline"]["roc"]
+        ax.plot([max(f, 1e-5) for f in baseline["fpr"]], baseline["tpr"], lw=1, ls="--", color="0.6")
+        ax.plot(
+            [max(f, 1e-5) for f in figures["roc"]["fpr"]],
+            figures["roc"]["tpr"],
+            lw=1.5,
+            color=plt.cm.viridis(rank / max(len(ranked) - 1, 1)),
+            label=f"{name}: AUROC {figures['auroc']:.3f}" if rank < legend_max else None,
+        )
+    if ranked:
+        ax.plot([], [], lw=1, ls="--", color="0.6", label="raw-pixel baselines")
+    ax.set(
+        xscale="log",
+        xlim=(1e-5, 1),
+        ylim=(0, 1.02),
+        xlabel="false positive rate (different-class pairs)",
+        ylabel="true positive rate (same-class pairs)",
+        title=f"{title}: {len(ranked)} experiment(s), validation, every pair",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=7)
+    _save(fig, out)
+
+
 def training_curves(log_csv: str | Path, title: str, out: str | Path) -> None:
     """Training loss and learning rate per step, validation AUROC per epoch."""
     log = pd.read_csv(log_csv)

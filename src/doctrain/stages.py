@@ -35,6 +35,8 @@ class Stage:
     values: dict[str, str] = field(default_factory=dict)  # other arguments, templates like paths
     computed: tuple[str, ...] = ()  # names from COMPUTED
     reports: dict[str, str] = field(default_factory=dict)  # output -> caption file in report/
+    # One job serves every experiment of a sweep that agrees on the data settings (doctrain.experiments).
+    shared: bool = False
 
     def arguments(self) -> list[str]:
         return [*self.inputs, *self.outputs, *self.values, *self.computed]
@@ -63,6 +65,7 @@ PIPELINE: tuple[Stage, ...] = (
             "report": "results/{exp}/data/validation.json",
         },
         stamp="report",
+        shared=True,
     ),
     Stage(
         "prepare",
@@ -76,6 +79,7 @@ PIPELINE: tuple[Stage, ...] = (
             "summary": "results/{exp}/cache/summary.json",
         },
         stamp="summary",
+        shared=True,
     ),
     Stage(
         "train",
@@ -173,6 +177,10 @@ STAGES = {stage.name: stage for stage in PIPELINE}
 MODEL_STAGES = ("synth", "validate", "prepare", "train", "export")
 # Stages with one job per experiment (synth renders one dataset for all the experiments using it).
 EXPERIMENT_STAGES = tuple(stage for stage in PIPELINE if "{exp}" in "".join(stage.outputs.values()))
+
+
+# Stages whose settings decide the data a model trains on: experiments that agree on them share them.
+DATA_STAGES = ("synth", *(stage.name for stage in PIPELINE if stage.shared))
 
 
 def producers() -> dict[str, Stage]:

@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger
 from doctrain import _io, plots
 from doctrain.cache import Cache
 from doctrain.dataset import loaders
+from doctrain.devices import claim_gpu
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import roc_points, verification_metrics
 from doctrain.provenance import state_dict_sha256
@@ -136,6 +137,8 @@ def _fit(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str,
     trainer_cfg = settings["trainer"]
     if trainer_cfg["threads"]:
         torch.set_num_threads(trainer_cfg["threads"])
+    if trainer_cfg["accelerator"] != "cpu":
+        claim_gpu(f"{name}: train")  # before anything initialises CUDA
     cache = Cache(cache_dir)
     train_loader, val_loader = loaders(cache, settings)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
@@ -243,7 +246,9 @@ def run_stage(
     plots.roc_curves({"val, pairs within batches": (result["roc"], result["val"])}, name, roc_png)
     plots.training_curves(log_csv, name, curves_png)
     _io.write_json_atomic(
-        metrics, {"selected": selection, "val": result["val"], "train": result["train"], "roc": result["roc"]}
+        metrics,
+        {"selected": selection, "train": result["train"], "val": result["val"], "roc": result["roc"]},
+        sort_keys=False,
     )
     # The stamp is written last: it is what downstream stages compare (the checkpoint goes to them
     # as an ancient() input), and it names the weights, not the file.

@@ -1,0 +1,151 @@
+"""Sweeps and command-line overrides: expansion, names, validation, shared data (fast, no workflow)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from doctrain import experiments, sweeps
+from doctrain.config import parse_overrides, validate_config, with_overrides
+from doctrain.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def configs(tmp_path: Path) -> Path:
+    """A configs/ folder holding smoke.yaml and an empty sweeps/."""
+    folder = tmp_path / "configs"
+    (folder / "sweeps").mkdir(parents=True)
+    shutil.copy(ROOT / "configs" / "smoke.yaml", folder)
+    return folder
+
+
+def write_sweep(configs: Path, name: str, text: str) -> Path:
+    path = configs / "sweeps" / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_sweep_expands_into_named_experiments_sharing_the_smoke_data():
+    found = experiments.find(ROOT / "configs")
+    names = found.sweeps["smoke-grid"]
+    assert names == [
+        "smoke-grid.lr-0.002_m-0.2",
+        "smoke-grid.lr-0.002_m-0.3",
+        "smoke-grid.lr-0.006_m-0.2",
+        "smoke-grid.lr-0.006_m-0.3",
+    ]
+    config = found.configs["smoke-grid.lr-0.006_m-0.2"]
+    assert (config["optimizer"]["lr"], config["loss"]["m"], config["schedule"]["epochs"]) == (6e-3, 0.2, 1)
+    assert config["data"] == found.configs["smoke"]["data"]
+    assert {found.owner(n) for n in names} == {"smoke"}
+    assert found.select(["smoke-grid", "smoke"]) == [*names, "smoke"]
+
+
+def test_names_are_readable_stable_and_safe(configs):
+    write_sweep(
+        configs,
+        "s",
+        "base: smoke\n"
+        "grid: {optimizer.lr: [1.0e-3, 3e-3], loss.name: [cosface, 'arc face;rm -rf ~']}\n"
+        "variants: [{data.image_size: 64}, {model.embed_dim: 16}]\n",
+    )
+    points = sweeps.load(configs / "sweeps" / "s.yaml").points
+    names = [p.name for p in points]
+    assert names[0] == "s.lr-0.001_name-cosface_image_size-64"
+    assert len(set(names)) == 8 and all(experiments.NAME.fullmatch(n) for n in names), names
+    hostile = [p for p in points if p.varied["loss.name"] != "cosface"][0]
+    assert ";" not in hostile.name and " " not in hostile.name  # a digest stands for the value
+    assert hostile.varied["optimizer.lr"] in (1e-3, 3e-3)  # 3e-3 without a dot is still a number
+    # adding a value to the grid leaves the other names as they were
+    write_sweep(configs, "s", (configs / "sweeps" / "s.yaml").read_text().replace("3e-3]", "3e-3, 1.0e-2]"))
+    assert set(names) < {p.name for p in sweeps.load(configs / "sweeps" / "s.yaml").points}
+
+
+def test_keys_that_end_alike_are_named_in_full(configs):
+    write_sweep(
+        configs, "t", "base: smoke\ngrid: {augment.enabled: [true, false], model.pretrained: [false]}\n"
+    )
+    write_sweep(
+        configs, "u", "base: smoke\ngrid: {loss.s: [16, 30], parity.batch_size: [4], data.batch_size: [32]}\n"
+    )
+    assert sweeps.load(configs / "sweeps" / "t.yaml").points[0].name == "t.enabled-true_pretrained-false"
+    assert sweeps.load(configs / "sweeps" / "u.yaml").points[0].name == (
+        "u.s-16_parity-batch_size-4_data-batch_size-32"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("grid: {optimizer.lr: [1.0e-3]}\n", r"\(top level\): 'base' is a required property"),
+        ("base: smoke\n", "is not valid under any of the given schemas"),
+        (
+            "base: nope\ngrid: {optimizer.lr: [1.0e-3]}\n",
+            r"base experiment 'nope' cannot be used \(configs/nope.yaml",
+        ),
+        ("base: smoke\ngrid: {optimizer.lr: 0.1}\n", r"grid.optimizer.lr: 0.1 is not of type 'array'"),
+        (
+            "base: smoke\ngrid: {optimizer.lrr: [1]}\n",
+            r"\(optimizer.lrr=1\) is not a valid doctrain config: optimizer: Addit",
+        ),
+        (
+            "base: smoke\ngrid: {optimizer.lr: [-1, 0.1]}\n",
+            r"\(optimizer.lr=-1\) .*optimizer.lr: -1 is less than",
+        ),
+        ("base: smoke\ngrid: {optimizer.lr.x: [1]}\n", r"'optimizer.lr' is a value, not a block of settings"),
+        ("base: smoke\ngrid: {optimizer.lr: [0.1, 1.0e-1]}\n", r"both make the experiment bad.lr-0.1"),
+        ("base: smoke\ngrid: {seed: [1]}\nbogus: 1\n", r"Additional properties are not allowed \('bogus'"),
+    ],
+)
+def test_a_broken_sweep_names_the_file_and_the_problem_and_stops_only_itself(configs, text, expected):
+    write_sweep(configs, "bad", text)
+    write_sweep(configs, "good", "base: smoke\ngrid: {seed: [1, 2]}\n")
+    found = experiments.find(configs)
+    assert list(found.broken_sweeps) == ["bad"]
+    assert f"{configs}/sweeps/bad.yaml" in found.broken_sweeps["bad"]
+    assert re.search(expected, found.broken_sweeps["bad"]), found.broken_sweeps["bad"]
+    assert found.sweeps == {"good": ["good.seed-1", "good.seed-2"]}
+    with pytest.raises(UserError, match="cannot be used"):
+        found.select(["bad"])
+
+
+def test_a_badly_named_sweep_is_refused(configs):
+    write_sweep(configs, "x;touch PWNED", "base: smoke\ngrid: {seed: [1]}\n")
+    found = experiments.find(configs)
+    assert "the sweep name 'x;touch PWNED' may only hold" in found.broken_sweeps["x;touch PWNED"]
+
+
+def test_experiments_share_data_stages_only_where_their_data_settings_agree(configs):
+    write_sweep(
+        configs,
+        "d",
+        "base: smoke\ngrid: {data.expand_dihedral: [true, false], optimizer.lr: [1.0e-3, 2.0e-3]}\n",
+    )
+    found = experiments.find(configs)
+    assert found.data_owner == {
+        "d.expand_dihedral-true_lr-0.001": "smoke",
+        "d.expand_dihedral-true_lr-0.002": "smoke",
+        "d.expand_dihedral-false_lr-0.001": "d.expand_dihedral-false_lr-0.001",
+        "d.expand_dihedral-false_lr-0.002": "d.expand_dihedral-false_lr-0.001",
+    }
+
+
+def test_command_line_overrides_are_numbers_and_validated_like_a_file(configs):
+    assert parse_overrides("optimizer.lr=1e-3 loss.name=arcface trainer.deterministic=false", "x") == {
+        "optimizer.lr": 1e-3,
+        "loss.name": "arcface",
+        "trainer.deterministic": False,
+    }
+    with pytest.raises(UserError, match=r"--config overrides: 'lr' is not KEY=VALUE"):
+        parse_overrides("lr", "--config overrides")
+    found = experiments.find(configs, {"optimizer.lr": 5e-4})
+    assert found.configs["smoke"]["optimizer"]["lr"] == 5e-4
+    broken = experiments.find(configs, {"optimizer.lrr": 5e-4})
+    assert "with --config overrides is not a valid doctrain config" in broken.broken["smoke"]
+    config = validate_config(with_overrides({}, {"data.loader.num_workers": 3}, "x"))
+    assert config["data"]["loader"]["num_workers"] == 3
