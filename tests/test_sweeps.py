@@ -1,16 +1,21 @@
-"""Sweeps and command-line overrides: expansion, names, validation, shared data (fast, no workflow)."""
+"""Sweeps and command-line overrides: expansion, names, validation and shared data; then the real
+workflow building a sweep, its compare table, and what a changed grid value reruns."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from doctrain import experiments, sweeps
 from doctrain.config import parse_overrides, validate_config, with_overrides
 from doctrain.errors import UserError
+from tests.conftest import copy_workflow, planned_jobs, snakemake, snakemake_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,3 +154,61 @@ def test_command_line_overrides_are_numbers_and_validated_like_a_file(configs):
     assert "with --config overrides is not a valid doctrain config" in broken.broken["smoke"]
     config = validate_config(with_overrides({}, {"data.loader.num_workers": 3}, "x"))
     assert config["data"]["loader"]["num_workers"] == 3
+
+
+SWEEP = "results/compare/smoke-grid.md"
+GRID = [f"smoke-grid.lr-{lr}_m-{m}" for lr in ("0.002", "0.006") for m in ("0.2", "0.3")]
+
+
+@pytest.mark.slow
+def test_a_sweep_builds_shares_its_data_and_a_changed_value_reruns_only_its_experiments(tmp_path):
+    workdir = copy_workflow(tmp_path / "doctrain")
+    result = snakemake(workdir, SWEEP, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert planned_jobs(result) == {
+        "synth": 1,
+        "dataset_fingerprint": 1,
+        **dict.fromkeys(("validate", "prepare"), 1),  # once, for the four of them
+        **dict.fromkeys(("train", "export", "verify", "evaluate"), 4),
+        "compare": 1,
+    }
+    for name in GRID:
+        assert (workdir / f"results/{name}.onnx").exists()
+        assert not (workdir / f"results/{name}/cache").exists()
+    table = pd.read_csv(workdir / "results/compare/smoke-grid.csv")
+    assert list(table.columns[:3]) == ["experiment", "loss.m", "optimizer.lr"]
+    assert sorted(table["experiment"]) == GRID and set(table["parity"]) == {"passed"}
+    assert table["auroc"].between(0, 1).all() and table["train_s"].gt(0).all()
+    assert (
+        "Settings that differ: loss.m, optimizer.lr."
+        in (workdir / "results/compare/smoke-grid.md").read_text()
+    )
+    assert "<table" in (workdir / "results/compare/smoke-grid.html").read_text()
+
+    shown = subprocess.run(
+        [sys.executable, "-m", "doctrain", "compare", "smoke-grid", "--sort", "auroc"],
+        cwd=workdir,
+        env=snakemake_env(PYTHONPATH=str(workdir / "src")),
+        capture_output=True,
+        text=True,
+    )
+    rows = [line.split("|")[1].strip() for line in shown.stdout.splitlines()[2:]]
+    assert rows == list(table.sort_values("auroc", ascending=False, kind="stable")["experiment"]), shown
+
+    assert planned_jobs(snakemake(workdir, "-n", SWEEP)) == {}
+    sweep = workdir / "configs/sweeps/smoke-grid.yaml"
+    sweep.write_text(sweep.read_text().replace("6.0e-3]", "4.0e-3]"))
+    again = snakemake(workdir, "-n", SWEEP)
+    assert planned_jobs(again) == {"train": 2, "export": 2, "verify": 2, "evaluate": 2, "compare": 1}
+    assert "exp=smoke-grid.lr-0.004_m-0.2" in again.stdout and "exp=smoke-grid.lr-0.002" not in again.stdout
+
+    # The workflow's --config: overrides reach every experiment; anything else is refused by name.
+    overridden = snakemake(workdir, "-n", SWEEP, "--config", "overrides=optimizer.lr=1e-3 schedule.epochs=1")
+    assert planned_jobs(overridden)["train"] == 4
+    for config, said in (
+        ("foo=1", "--config foo: doctrain's workflow takes only container"),
+        ("overrides=optimizer.lrr=1", "with --config overrides is not a valid doctrain config: optimizer"),
+        ("overrides=optimizer.lr", "--config overrides: 'optimizer.lr' is not KEY=VALUE"),
+    ):
+        refused = snakemake(workdir, "-n", SWEEP, "--config", config)
+        assert refused.returncode != 0 and said in refused.stdout + refused.stderr, refused.stderr[-2000:]
