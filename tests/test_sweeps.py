@@ -7,15 +7,19 @@ import re
 import shutil
 import subprocess
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
+import yaml
 
 from doctrain import experiments, sweeps
 from doctrain.config import parse_overrides, validate_config, with_overrides
 from doctrain.errors import UserError
-from tests.conftest import copy_workflow, planned_jobs, snakemake, snakemake_env
+from tests.conftest import SNAKEMAKE, copy_workflow, planned_jobs, snakemake, snakemake_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -212,3 +216,94 @@ def test_a_sweep_builds_shares_its_data_and_a_changed_value_reruns_only_its_expe
     ):
         refused = snakemake(workdir, "-n", SWEEP, "--config", config)
         assert refused.returncode != 0 and said in refused.stdout + refused.stderr, refused.stderr[-2000:]
+
+
+CLAIMED = re.compile(r"GPU (\S+) claimed at (\S+) ")
+RELEASED = re.compile(r"GPU (\S+) released at (\S+)")
+
+
+def _held(log: Path) -> tuple[str, datetime, datetime | None] | None:
+    """(device, claimed, released) from a training log; None before the claim."""
+    text = log.read_text() if log.exists() else ""
+    claimed, released = CLAIMED.search(text), RELEASED.search(text)
+    if not claimed:
+        return None
+    end = datetime.fromisoformat(released.group(2)) if released else None
+    return claimed.group(1), datetime.fromisoformat(claimed.group(2)), end
+
+
+def _training_process(exp: str) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if cmd[1:4] == ["-m", "doctrain", "train"] and exp in cmd:
+            return proc
+    raise AssertionError(f"no training process of {exp}")
+
+
+@pytest.mark.slow
+def test_trainings_get_a_gpu_each_and_a_killed_one_frees_its_gpu(tmp_path):
+    """Three trainings that may use a GPU, `--resources gpu=2`, over two (fake) devices: no two at
+    once on one device; the one killed while holding GPU 0 gives it to the third."""
+    workdir = copy_workflow(tmp_path / "doctrain")
+    smoke = workdir / "configs/smoke.yaml"
+    config = yaml.safe_load(smoke.read_text())
+    config["trainer"]["accelerator"] = "auto"  # a GPU where there is one: it asks Snakemake for one
+    config["data"]["samples_per_epoch"] = 4096  # long enough to be killed mid-run
+    smoke.write_text(yaml.safe_dump(config))
+    write_sweep(
+        workdir / "configs", "gpus", "base: smoke\nset: {schedule.epochs: 1}\ngrid: {seed: [1, 2, 3]}\n"
+    )
+    assert snakemake(workdir, "results/smoke/cache/summary.json").returncode == 0
+    names = [f"gpus.seed-{seed}" for seed in (1, 2, 3)]
+    logs = {name: workdir / f"results/{name}/logs/train.log" for name in names}
+    env = snakemake_env(CUDA_VISIBLE_DEVICES="0,1", DOCTRAIN_GPU_LOCKS=str(tmp_path / "locks"))
+    run = subprocess.Popen(
+        [
+            *SNAKEMAKE,
+            "--resources",
+            "gpu=2",
+            "--keep-going",
+            *(f"results/{n}/model.stamp.json" for n in names),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while len(holders := {n: h for n in names if (h := _held(logs[n]))}) < 2:
+        assert time.monotonic() < deadline and run.poll() is None, "two trainings never claimed a GPU"
+        time.sleep(0.2)
+    assert sorted(device for device, _, _ in holders.values()) == ["0", "1"]
+    victim = next(n for n, (device, _, _) in holders.items() if device == "0")
+    assert _held(logs[victim])[2] is None, "the training ended before it could be killed"
+    _training_process(victim).kill()
+    killed_at = datetime.now(UTC)
+    output = run.communicate(timeout=600)[0]
+    assert run.returncode != 0 and f"exp={victim}" in output
+
+    held = {n: _held(logs[n]) for n in names}
+    third = next(n for n in names if n not in holders)
+    assert held[third][0] == "0" and held[third][1] > killed_at, held
+    intervals = [(device, start, end or killed_at) for device, start, end in held.values()]
+    for i, (device, start, end) in enumerate(intervals):
+        for other, other_start, other_end in intervals[i + 1 :]:
+            assert device != other or end <= other_start or other_end <= start, intervals
+    for name in names:
+        if name != victim:
+            assert (workdir / f"results/{name}/model.stamp.json").exists()
+
+
+def test_training_asks_snakemake_for_a_gpu_only_when_it_may_use_one(tmp_path):
+    workdir = copy_workflow(tmp_path / "doctrain")
+    for accelerator, asked in (("cpu", False), ("auto", True), ("gpu", True)):
+        smoke = workdir / "configs/smoke.yaml"
+        config = yaml.safe_load(smoke.read_text())
+        config["trainer"]["accelerator"] = accelerator
+        smoke.write_text(yaml.safe_dump(config))
+        plan = snakemake(workdir, "-n", "results/smoke/model.stamp.json").stdout
+        train = plan[plan.index("rule train:") :]
+        resources = train[train.index("resources:") :].splitlines()[0]
+        assert bool(re.search(r"\bgpu=1\b", resources)) == asked, resources
+        assert "threads: 1" in train  # the config's trainer.threads
