@@ -300,10 +300,10 @@ def test_training_asks_snakemake_for_a_gpu_only_when_it_may_use_one(tmp_path):
     for accelerator, asked in (("cpu", False), ("auto", True), ("gpu", True)):
         smoke = workdir / "configs/smoke.yaml"
         config = yaml.safe_load(smoke.read_text())
-        config["trainer"]["accelerator"] = accelerator
+        config["trainer"].update(accelerator=accelerator, threads=2)
         smoke.write_text(yaml.safe_dump(config))
         plan = snakemake(workdir, "-n", "results/smoke/model.stamp.json").stdout
         train = plan[plan.index("rule train:") :]
         resources = train[train.index("resources:") :].splitlines()[0]
         assert bool(re.search(r"\bgpu=1\b", resources)) == asked, resources
-        assert "threads: 1" in train  # the config's trainer.threads
+        assert "threads: 2" in train  # the config's trainer.threads
