@@ -7,11 +7,15 @@ once), then times, side by side and alternating:
   no-op      `snakemake -n` of the 20 fingerprint targets: every config validated, every stage's
              code digested, and the 100,000 files stat-ed against the hash cache; nothing to do.
   plan all   `snakemake -n` of the 20 ONNX targets: the same, plus planning 120 jobs.
-Prints a table with medians and the ratio no-op / trivial (target: no-op <= 3 s and <= 2x).
+With --sweep N (default 100), the same two in a copy that also holds a sweep of N experiments over
+exp00 (configs/sweeps/bench.yaml, N learning rates; N more configs validated, their chains of
+stamps checked), whose `plan` is the sweep's compare table: N trainings and their steps.
+Prints a table with medians and the ratio to trivial (target: no-op <= 3 s and <= 2x).
 With --compare REV, the same two invocations of the workflow as it was at git revision REV run
 alternating with these, over the same data, so a change is judged side by side in one run.
 
-    python scripts/bench_noop.py [--images 100000] [--experiments 20] [--repeats 5] [--compare REV]
+    python scripts/bench_noop.py [--images 100000] [--experiments 20] [--sweep 100] [--repeats 5]
+                                 [--compare REV]
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--sweep", type=int, default=100, help="experiments in the sweep (0: none)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--keep", type=Path, help="build the workspace here and keep it (to profile)")
     parser.add_argument("--compare", metavar="REV", help="also time the workflow as at this git revision")
@@ -87,23 +92,31 @@ def main() -> None:
         workdirs = {"": copy_workflow(tmp / "workflow")}
         if args.compare:
             workdirs[f" ({args.compare})"] = workflow_at(args.compare, tmp / "baseline")
+        if args.sweep:
+            workdirs[f", + sweep of {args.sweep}"] = copy_workflow(tmp / "sweep")
         manifest = make_dataset(tmp / "data", args.images)
         base = yaml.safe_load(ROOT.joinpath("configs/smoke.yaml").read_text())
         base["data"].pop("synth")
         base["data"]["manifest"] = str(manifest)
         for workdir in workdirs.values():
-            for path in (workdir / "configs").glob("*.yaml"):
+            for path in (workdir / "configs").glob("**/*.yaml"):
                 path.unlink()
             for i in range(args.experiments):
                 base["optimizer"]["lr"] = 1.0e-3 * (i + 1)
                 (workdir / "configs" / f"exp{i:02d}.yaml").write_text(yaml.safe_dump(base))
+        fingerprints = [f"results/exp{i:02d}/dataset.fingerprint.json" for i in range(args.experiments)]
+        plans = {label: [f"results/exp{i:02d}.onnx" for i in range(args.experiments)] for label in workdirs}
+        if args.sweep:
+            label = f", + sweep of {args.sweep}"
+            rates = [round(1.0e-4 * (i + 1), 6) for i in range(args.sweep)]
+            sweep = {"base": "exp00", "grid": {"optimizer.lr": rates}}
+            (workdirs[label] / "configs" / "sweeps" / "bench.yaml").write_text(yaml.safe_dump(sweep))
+            plans[label] = ["results/compare/bench.md"]
+        snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
         trivial = tmp / "trivial"
         trivial.mkdir()
         (trivial / "Snakefile").write_text(TRIVIAL)
 
-        snakemake = [sys.executable, "-m", "snakemake", "--cores", "2"]
-        fingerprints = [f"results/exp{i:02d}/dataset.fingerprint.json" for i in range(args.experiments)]
-        onnx = [f"results/exp{i:02d}.onnx" for i in range(args.experiments)]
         started = time.perf_counter()
         run([*snakemake, *fingerprints], workdirs[""])
         first = time.perf_counter() - started
@@ -115,7 +128,7 @@ def main() -> None:
             times["trivial"].append(run([*snakemake, "-n"], trivial))
             for label, workdir in workdirs.items():
                 times.setdefault(f"no-op{label}", []).append(run([*snakemake, "-n", *fingerprints], workdir))
-                times.setdefault(f"plan all{label}", []).append(run([*snakemake, "-n", *onnx], workdir))
+                times.setdefault(f"plan{label}", []).append(run([*snakemake, "-n", *plans[label]], workdir))
 
     median = {name: statistics.median(values) for name, values in times.items()}
     print(
