@@ -66,6 +66,10 @@ CHECKED = {
     "doctrain status smoke": "run below",
     "doctrain status [EXP ...]": "run below",
     "doctrain classify results/demo.onnx --register templates/ scan1.jpg scan2.png": "run below",
+    "snakemake --cores 2 results/compare/smoke-grid.md": "test_sweeps: the sweep, its table, what a changed value reruns",
+    "doctrain compare smoke-grid --sort auroc": "test_sweeps, on the sweep it builds",
+    'snakemake --cores 2 results/smoke.onnx --config overrides="optimizer.lr=1.0e-3 schedule.epochs=1"': "planned below",
+    "snakemake all --cores 32 --resources gpu=4": "planned below (placement: test_sweeps, over fake devices)",
     "snakemake --profile profiles/slurm results/lcnet050_cosface_96.onnx": "planned: test_slurm (the smoke target is built there)",
     "docker build -f containers/Dockerfile --build-arg VERSION=$(containers/version.sh) -t doctrain:$(containers/version.sh) .": "test_containers, with podman",
     "containers/run.sh snakemake --cores 32 results/lcnet050_cosface_96.onnx": "test_containers, with DOCKER=podman and the smoke target",
@@ -102,3 +106,19 @@ def test_the_readme_doctrain_commands_run_as_written(built, tmp_path, image_tree
         )
         assert result.returncode == 0, f"{command}: {result.stderr[-2000:]}"
         assert result.stdout.strip(), command
+
+
+def test_the_readme_many_experiments_commands_plan(tmp_path):
+    """The overrides and `all` commands of "Many experiments", planned in a copy (--cores 32 on 2
+    cores: Snakemake scales the jobs down)."""
+    from tests.conftest import copy_workflow, planned_jobs
+
+    workdir = copy_workflow(tmp_path / "doctrain")
+    for command in readme_commands():
+        if CHECKED[command].startswith("planned below"):
+            args = shlex.split(command)[1:]
+            jobs = planned_jobs(snakemake(workdir, "-n", *args))
+            assert jobs["train"] >= 1, command
+            if "all" in args:
+                experiments = len(list((workdir / "configs").glob("*.yaml"))) + 4  # the smoke-grid sweep
+                assert jobs["train"] == experiments and jobs["compare"] == 1, jobs
