@@ -63,7 +63,7 @@ def _alternatives(names):
 wildcard_constraints:
     exp=_alternatives(EXPERIMENTS),
     broken=_alternatives(FOUND.broken),
-    group=_alternatives(["all", *FOUND.sweeps]),
+    group=_alternatives([experiments.ALL, *FOUND.sweeps]),
     broken_sweep=_alternatives(FOUND.broken_sweeps),
     dataset="[A-Za-z0-9_.-]+",
 
@@ -179,8 +179,13 @@ def stage_inputs(stage):
                 files[name] = ancient(manifest(w))
                 files["dataset_fingerprint"] = dataset_fingerprint_path(w.exp)
                 continue
+            exp = w.exp
+            if template == stages.INIT_FROM:
+                exp, template = EXPERIMENTS[w.exp]["model"]["init_from"], stages.INIT_CHECKPOINT
+                if exp is None:
+                    continue
             producer = PRODUCERS[template]
-            exp = FOUND.owner(w.exp) if producer.shared else w.exp
+            exp = FOUND.owner(exp) if producer.shared else exp
             stamp = stages.stamp_path(producer)
             files[name] = template.format(exp=exp) if template == stamp else ancient(template.format(exp=exp))
             if stamp not in stage.inputs.values():
@@ -206,7 +211,7 @@ def stage_params(stage, stage_settings=None):
 
     def arguments(w, input, output):
         values = {
-            **{name: input[name] for name in stage.inputs},
+            **{name: input[name] for name in stage.inputs if name in input.keys()},
             **{name: output[name] for name in stage.outputs},
             **{name: template.format(exp=w.exp) for name, template in stage.values.items()},
         }
@@ -246,17 +251,17 @@ STAGES = stages.STAGES
 
 
 def group_members(group):
-    return sorted(EXPERIMENTS) if group == "all" else FOUND.sweeps[group]
+    return sorted(EXPERIMENTS) if group == experiments.ALL else FOUND.sweeps[group]
 
 
 def compared_results(w):
     """What the compare table reads of each experiment: its evaluation and the stamps of training and
     publication (each stamp vouches for the files beside it)."""
-    return {
-        f"{exp}_{what}": f"results/{exp}/{what}.json"
+    return [
+        f"results/{exp}/{what}.json"
         for exp in group_members(w.group)
         for what in ("evaluation", "model.stamp", "provenance")
-    }
+    ]
 
 
 def config_error(w):

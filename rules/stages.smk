@@ -44,7 +44,7 @@ rule sweep_error:
 # One table (and one ROC figure) comparing a group of experiments: a sweep's, or `all` of them.
 rule compare:
     input:
-        unpack(compared_results),
+        compared_results,
     output:
         csv="results/compare/{group}.csv",
         md="results/compare/{group}.md",

@@ -124,9 +124,11 @@ def test_a_broken_sweep_names_the_file_and_the_problem_and_stops_only_itself(con
 
 
 def test_a_badly_named_sweep_is_refused(configs):
-    write_sweep(configs, "x;touch PWNED", "base: smoke\ngrid: {seed: [1]}\n")
+    for name in ("x;touch PWNED", "all"):
+        write_sweep(configs, name, "base: smoke\ngrid: {seed: [1]}\n")
     found = experiments.find(configs)
     assert "the sweep name 'x;touch PWNED' may only hold" in found.broken_sweeps["x;touch PWNED"]
+    assert "'all' names the table of every experiment" in found.broken_sweeps["all"]
 
 
 def test_experiments_share_data_stages_only_where_their_data_settings_agree(configs):

@@ -30,12 +30,16 @@ def _stage_settings(args: argparse.Namespace, stage: Stage) -> dict:
 
 def _resume_key(stage: Stage, settings: dict, files: dict) -> str:
     """Resuming is safe only into the very same job: settings, code, software and input stamps."""
-    from doctrain._io import sha256_text
+    from doctrain._io import sha256_file, sha256_text
     from doctrain.config import canonical_json
     from doctrain.fingerprint import code_json, environment_digest
 
     stamps = [Path(files[name]).read_text() for name, path in stage.inputs.items() if path in STAMPS]
-    return sha256_text(canonical_json([settings, code_json(stage.name), environment_digest(), stamps]))
+    # A checkpoint to start from has its stamp in another experiment's results: its digest stands in.
+    starts = [sha256_file(files[name]) for name in stage.inputs if stage.optional(name) and files[name]]
+    return sha256_text(
+        canonical_json([settings, code_json(stage.name), environment_digest(), stamps, starts])
+    )
 
 
 def _run_stage(args: argparse.Namespace) -> None:
@@ -183,7 +187,14 @@ def parser() -> argparse.ArgumentParser:
         source.add_argument("--config", help="experiment config (configs/NAME.yaml)")
         source.add_argument("--settings", help="JSON of the stage's dotted keys (what the workflow passes)")
         for name, path in {**stage.inputs, **stage.outputs, **stage.values}.items():
-            cmd.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar=path)
+            optional = stage.optional(name)
+            cmd.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                required=not optional,
+                metavar="results/EXP/model.ckpt" if optional else path,
+                help="the checkpoint to start from (model.init_from)" if optional else None,
+            )
         if "lineage" in stage.computed:
             cmd.add_argument("--lineage", help=COMPUTED["lineage"] + " (default: from --config)")
         cmd.set_defaults(func=_run_stage)

@@ -107,6 +107,8 @@ def _check_consistency(config: dict, source: str) -> None:
     for name in onnx["dynamic_axes"]:
         if name not in tensors:
             problems.append(f"onnx.dynamic_axes.{name} names no input or output (have {sorted(tensors)})")
+    if config["model"]["init_from"] is not None and config["model"]["weights"] is not None:
+        problems.append("set model.weights or model.init_from, not both: the network starts from one of them")
     if config["data"]["synth"] is not None and not SYNTH_MANIFEST.fullmatch(config["data"]["manifest"]):
         problems.append(
             f"data.manifest '{config['data']['manifest']}' must be data/synth/NAME/manifest.csv "

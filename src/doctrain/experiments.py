@@ -19,6 +19,7 @@ from doctrain.config import format_overrides, read_yaml, validate_config, with_o
 from doctrain.errors import UserError
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ALL = "all"  # results/compare/all.md compares every experiment
 
 
 @dataclass
@@ -88,7 +89,37 @@ def find(config_dir: str | Path, overrides: dict[str, Any] | None = None) -> Exp
             _add_sweep(found, path, raw_configs, overrides)
         except UserError as exc:
             found.broken_sweeps[path.stem] = str(exc)
+    _check_warm_starts(found)
     return found
+
+
+def _check_warm_starts(found: Experiments) -> None:
+    """model.init_from must name a usable experiment, and following it must never come back."""
+    changed = True
+    while changed:
+        changed = False
+        for name, config in list(found.configs.items()):
+            chain, start = [name], config["model"]["init_from"]
+            while start is not None and start not in chain and start in found.configs:
+                chain.append(start)
+                start = found.configs[start]["model"]["init_from"]
+            if start is None:
+                continue
+            if start in chain:
+                why = f"model.init_from makes a loop: {' -> '.join([*chain, start])}"
+            elif start in found.broken:
+                why = f"model.init_from names {start}, which cannot be used"
+            else:
+                why = (
+                    f"model.init_from names {start}, which is no experiment (configs/NAME.yaml or a sweep's)"
+                )
+            del found.configs[name]
+            found.broken[name] = f"{name}: {why}"
+            for sweep, members in list(found.sweeps.items()):
+                if name in members:
+                    found.broken_sweeps[sweep] = f"{sweep}: experiment {found.broken[name]}"
+                    del found.sweeps[sweep]
+            changed = True
 
 
 def _add_sweep(
@@ -100,6 +131,8 @@ def _add_sweep(
     problem = _bad_name(path, "sweep")
     if problem:
         raise UserError(problem)
+    if path.stem == ALL:
+        raise UserError(f"{path}: '{ALL}' names the table of every experiment; rename the sweep")
     sweep = sweeps.load(path)
     if sweep.base not in found.configs:
         why = found.broken.get(sweep.base, f"configs/{sweep.base}.yaml does not exist")

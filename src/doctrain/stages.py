@@ -7,7 +7,8 @@ of stamps that keeps results honest (doctrain.integrity). Adding a stage is a mo
 `run_stage(settings, **files_and_values)` plus one entry in PIPELINE.
 
 Paths are templates over `{exp}` (the experiment) and, for the manifest, `{manifest}` (its path in
-the config). Kept free of heavy imports: the workflow reads this on every invocation.
+the config); `{init_from}` is another experiment's checkpoint, where the config names one.
+Kept free of heavy imports: the workflow reads this on every invocation.
 """
 
 from __future__ import annotations
@@ -38,11 +39,19 @@ class Stage:
     # One job serves every experiment of a sweep that agrees on the data settings (doctrain.experiments).
     shared: bool = False
 
+    def optional(self, name: str) -> bool:
+        """An input that exists only where the config asks for it."""
+        return self.inputs.get(name) == INIT_FROM
+
     def arguments(self) -> list[str]:
         return [*self.inputs, *self.outputs, *self.values, *self.computed]
 
 
 MANIFEST = "{manifest}"
+# The checkpoint of the experiment that `model.init_from` names (its training, a job of its own);
+# no input at all when that is unset.
+INIT_FROM = "{init_from}"
+INIT_CHECKPOINT = "results/{exp}/model.ckpt"
 DATASET_FINGERPRINT = "results/{exp}/dataset.fingerprint.json"
 
 PIPELINE: tuple[Stage, ...] = (
@@ -98,9 +107,9 @@ PIPELINE: tuple[Stage, ...] = (
             "schedule",
             "trainer",
         ),
-        inputs={"cache": "results/{exp}/cache/summary.json"},
+        inputs={"cache": "results/{exp}/cache/summary.json", "init_from": INIT_FROM},
         outputs={
-            "checkpoint": "results/{exp}/model.ckpt",
+            "checkpoint": INIT_CHECKPOINT,
             "metrics": "results/{exp}/metrics.json",
             "log_csv": "results/{exp}/train_log.csv",
             "roc_png": "results/{exp}/roc.png",

@@ -24,6 +24,7 @@ from doctrain import _io, plots
 from doctrain.cache import Cache
 from doctrain.dataset import loaders
 from doctrain.devices import claim_gpu
+from doctrain.errors import UserError
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import roc_points, verification_metrics
 from doctrain.provenance import state_dict_sha256
@@ -97,11 +98,16 @@ def _temporary_files_in(folder: Path):
 
 
 def train(
-    settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str = "model", resume_key: str = ""
+    settings: dict,
+    cache_dir: str | Path,
+    work_dir: str | Path,
+    name: str = "model",
+    resume_key: str = "",
+    init_from: str | Path | None = None,
 ) -> dict:
     """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (see _fit)."""
     with _without_noise():
-        return _fit(settings, cache_dir, work_dir, name, resume_key)
+        return _fit(settings, cache_dir, work_dir, name, resume_key, init_from)
 
 
 # Training speed of the demo's lcnet_050 at 96 px on one CPU core (153 samples/s on 2 cores,
@@ -124,7 +130,14 @@ def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
         )
 
 
-def _fit(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str, resume_key: str) -> dict:
+def _fit(
+    settings: dict,
+    cache_dir: str | Path,
+    work_dir: str | Path,
+    name: str,
+    resume_key: str,
+    init_from: str | Path | None,
+) -> dict:
     """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures.
 
     Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
@@ -143,6 +156,8 @@ def _fit(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str,
     train_loader, val_loader = loaders(cache, settings)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
     module = EmbeddingModule.from_settings(settings, num_classes, len(train_loader))
+    if init_from:
+        start_from(module, init_from)
     best = ModelCheckpoint(
         dirpath=work_dir / "checkpoints",
         filename="epoch{epoch:03d}",
@@ -204,6 +219,28 @@ def _fit(settings: dict, cache_dir: str | Path, work_dir: str | Path, name: str,
     }
 
 
+def start_from(module: EmbeddingModule, checkpoint: str | Path) -> None:
+    """Warm start: the network (backbone and head) of another experiment's trained checkpoint,
+    every tensor matched by name and shape; the class weights are this training's own."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    theirs = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
+    ours = module.net.state_dict()
+    problems = [f"{key} is missing" for key in ours if key not in theirs]
+    problems += [f"{key} is not in this model" for key in theirs if key not in ours]
+    problems += [
+        f"{key} has shape {list(theirs[key].shape)}, this model {list(ours[key].shape)}"
+        for key in ours
+        if key in theirs and theirs[key].shape != ours[key].shape
+    ]
+    if problems:
+        raise UserError(
+            f"model.init_from: {checkpoint} does not fit this experiment's network ({len(problems)} "
+            f"tensors: {'; '.join(problems[:3])}); the backbone and model.embed_dim must be the same"
+        )
+    module.net.load_state_dict(theirs, strict=True)
+    print(f"starting from the network of {checkpoint} (model.init_from)")
+
+
 def save_checkpoint(module: EmbeddingModule, path: str | Path, extra: dict) -> None:
     """A minimal Lightning-loadable checkpoint: weights, hyper-parameters and the selection facts."""
     payload = {
@@ -223,6 +260,7 @@ def save_checkpoint(module: EmbeddingModule, path: str | Path, extra: dict) -> N
 def run_stage(
     settings: dict,
     cache: str | Path,
+    init_from: str | Path | None,
     checkpoint: str | Path,
     metrics: str | Path,
     log_csv: str | Path,
@@ -233,8 +271,9 @@ def run_stage(
     work_dir: str | Path,
     resume_key: str,
 ) -> None:
-    """Train on the cache whose summary (its stamp) is `cache`."""
-    result = train(settings, Path(cache).parent, work_dir, name, resume_key)
+    """Train on the cache whose summary (its stamp) is `cache`, from the network of the checkpoint
+    `init_from` where there is one."""
+    result = train(settings, Path(cache).parent, work_dir, name, resume_key, init_from)
     selection = {
         "epoch": result["selected_epoch"],
         "monitor": "val/auroc",
