@@ -21,6 +21,7 @@ FILES = ("evaluation", "metrics", "parity")
 STYLE = (
     "body{font:13px sans-serif}table{border-collapse:collapse}td,th{padding:2px 8px;"
     "border-bottom:1px solid #ddd;text-align:right}tr:hover{background:#f4f4f4}"
+    "td:first-child{text-align:left;white-space:nowrap}"
 )
 Chosen = dict[str, tuple[str, dict]]  # experiment -> its data owner and its config
 
@@ -90,9 +91,13 @@ def table(experiments: Chosen, sort: str | None = None) -> tuple[pd.DataFrame, l
     return frame, differing
 
 
+def _blanks(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing figures (a rate the pairs cannot resolve, an experiment not built) as empty cells."""
+    return frame.astype(object).where(frame.notna(), "")
+
+
 def markdown(frame: pd.DataFrame) -> str:
-    blanks = frame.astype(object).where(frame.notna(), None)
-    return blanks.to_markdown(index=False, floatfmt="g", missingval="") + "\n"
+    return _blanks(frame).to_markdown(index=False, floatfmt="g") + "\n"
 
 
 def write(
@@ -107,7 +112,7 @@ def write(
     _io.write_text_atomic(
         html,
         f"<!doctype html><meta charset='utf-8'><title>{escape(title)}</title><style>{STYLE}</style>"
-        f"<h1>{escape(title)}</h1><p>{escape(differ)}</p>" + frame.to_html(index=False, na_rep="", border=0),
+        f"<h1>{escape(title)}</h1><p>{escape(differ)}</p>" + _blanks(frame).to_html(index=False, border=0),
     )
     curves = {
         exp: val for exp in frame["experiment"] if (val := _read(f"results/{exp}/evaluation.json").get("val"))

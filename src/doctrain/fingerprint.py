@@ -111,7 +111,12 @@ def _module_digest_and_imports(module: str) -> tuple[str, frozenset[str]]:
 def code_digests(stage: str) -> dict[str, str]:
     """Digest of every doctrain module the stage's module imports, directly or not.
     Comments and docstrings do not count; any other edit does."""
-    pending, digests = [STAGES[stage].module], {}
+    return module_digests(STAGES[stage].module)
+
+
+def module_digests(top: str) -> dict[str, str]:
+    """Digest of `top` and every doctrain module it imports, directly or not."""
+    pending, digests = [top], {}
     while pending:
         module = pending.pop()
         if module in digests:
