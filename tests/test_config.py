@@ -46,6 +46,7 @@ def test_reference_config_is_the_recipe():
         "backbone": "lcnet_050",
         "pretrained": False,
         "weights": None,
+        "init_from": None,
         "replace_components": True,
         "embed_dim": 128,
         "channels_last": False,
@@ -96,7 +97,7 @@ def test_experiment_names_are_restricted_and_broken_configs_listed_together(tmp_
     assert list(found.configs) == ["ok"]
     assert set(found.broken) == {"e;touch PWNED;f", "p(q", "with space", ".hidden", "nan"}
     message = found.broken_message()
-    assert message.startswith("5 experiment config(s) cannot be used")
+    assert message.startswith("5 experiment config(s) or sweep(s) cannot be used")
     assert "the experiment name 'p(q' may only hold letters" in message and "lr: nan" in message
 
 

@@ -151,7 +151,7 @@ def test_hostile_manifest_path_and_config_names_run_no_command(copy):
 
     refused = snakemake(copy, "results/e;touch PWNED;f.onnx")
     assert refused.returncode != 0
-    assert "2 experiment config(s) cannot be used" in output(refused)
+    assert "2 experiment config(s) or sweep(s) cannot be used" in output(refused)
     assert "the experiment name 'e;touch PWNED;f' may only hold letters" in output(refused)
     assert "the experiment name 'p(q' may only hold letters" in output(refused)
 
