@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 
 from doctrain.config import (
+    _key_path,
     _Validator,
     canonical_json,
     format_overrides,
@@ -46,7 +47,6 @@ class Point:
 @dataclass(frozen=True)
 class Sweep:
     name: str
-    path: Path
     base: str
     points: tuple[Point, ...]
 
@@ -85,11 +85,9 @@ def load(path: str | Path) -> Sweep:
     """Read a sweep file and expand it into its points (the configs are validated by the caller)."""
     path = Path(path)
     raw = read_yaml(path)
-    errors = sorted(_validator().iter_errors(raw), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator().iter_errors(raw), key=_key_path)
     if errors:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}" for e in errors
-        )
+        problems = "; ".join(f"{_key_path(e)}: {e.message}" for e in errors)
         raise UserError(f"{path} is not a valid doctrain sweep: {problems}")
     grid = {key: [yaml_number(v) for v in values] for key, values in raw.get("grid", {}).items()}
     variants = [_numbers(variant) for variant in raw.get("variants", [{}])]
@@ -109,4 +107,4 @@ def load(path: str | Path) -> Sweep:
                 )
             seen[name] = ordered
             points.append(Point(name, {**common, **ordered}, ordered))
-    return Sweep(path.stem, path, raw["base"], tuple(points))
+    return Sweep(path.stem, raw["base"], tuple(points))
