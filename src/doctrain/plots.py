@@ -43,17 +43,7 @@ def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path
                 xytext=(4, 4 if entry["tpr"] < 0.9 else -12),
                 fontsize=8,
             )
-    ax.set(
-        xscale="log",
-        xlim=(1e-5, 1),
-        ylim=(0, 1.02),
-        xlabel="false positive rate (different-class pairs)",
-        ylabel="true positive rate (same-class pairs)",
-        title=title,
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, out)
+    _finish_roc(fig, ax, title, out, legend="lower right", fontsize=8)
 
 
 def roc_overlay(curves: dict[str, dict], title: str, out: str | Path, legend_max: int = 12) -> None:
@@ -74,16 +64,23 @@ def roc_overlay(curves: dict[str, dict], title: str, out: str | Path, legend_max
         )
     if ranked:
         ax.plot([], [], lw=1, ls="--", color="0.6", label="raw-pixel baselines")
+    _finish_roc(
+        fig, ax, f"{title}: {len(ranked)} experiment(s), validation, every pair", out, "upper left", 7
+    )
+
+
+def _finish_roc(fig, ax, title: str, out: str | Path, legend: str, fontsize: int) -> None:
+    """The ROC figures' common axes: log FPR from 1e-5, TPR, a grid; then save."""
     ax.set(
         xscale="log",
         xlim=(1e-5, 1),
         ylim=(0, 1.02),
         xlabel="false positive rate (different-class pairs)",
         ylabel="true positive rate (same-class pairs)",
-        title=f"{title}: {len(ranked)} experiment(s), validation, every pair",
+        title=title,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=7)
+    ax.legend(loc=legend, fontsize=fontsize)
     _save(fig, out)
 
 
