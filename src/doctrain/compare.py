@@ -55,9 +55,13 @@ def row(exp: str) -> dict:
         "auroc": round(val["auroc"], 4),
         "auroc_95": "[{:.3f}, {:.3f}]".format(*val["auroc_95"]) if val.get("auroc_95") else "",
         "baseline_auroc": round(val["baseline"]["auroc"], 4),
-        "beats_baseline": " & ".join(f for f in ("auroc", "tpr@0.01") if beats.get(f, {}).get("beats"))
-        or "no",
+        "beats_baseline": " & ".join(f for f in beats if beats[f]["beats"]) or "no",
     }
+    for figure, lead in beats.items():  # model minus baseline on the same pairs, with its interval
+        interval = lead["difference_95"]
+        out[f"lead_{figure}"] = f"{lead['difference']:+.3f}" + (
+            " [{:+.3f}, {:+.3f}]".format(*interval) if interval else ""
+        )
     for target in FPR_TARGETS:
         entry = val["at_fpr"][f"{target:g}"]
         out[f"tpr@{target:g}"] = round(entry["tpr"], 4) if entry["resolvable"] else None
