@@ -3,6 +3,7 @@ workflow building a sweep, its compare table, and what a changed grid value reru
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -309,3 +310,31 @@ def test_training_asks_snakemake_for_a_gpu_only_when_it_may_use_one(tmp_path):
         resources = train[train.index("resources:") :].splitlines()[0]
         assert bool(re.search(r"\bgpu=1\b", resources)) == asked, resources
         assert "threads: 2" in train  # the config's trainer.threads
+
+
+def test_a_training_waits_for_a_free_gpu_and_takes_the_one_released(tmp_path):
+    """Both devices held by other processes: the claim says it waits, and takes the one let go."""
+    import fcntl
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="0,1", DOCTRAIN_GPU_LOCKS=str(tmp_path))
+    env.pop("SLURM_JOB_ID", None)
+    held = {}
+    for device in ("0", "1"):
+        held[device] = open(tmp_path / f"gpu-{device}.lock", "a")
+        fcntl.flock(held[device], fcntl.LOCK_EX)
+    claim = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from doctrain.devices import claim_gpu; import os; claim_gpu('t', 0.1); "
+            "print('sees', os.environ['CUDA_VISIBLE_DEVICES'])",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert claim.stdout.readline().startswith("t: every GPU (0,1) is in use by another doctrain job; waiting")
+    held.pop("1").close()
+    out = claim.communicate(timeout=60)[0]
+    assert "t: GPU 1 claimed at" in out and "sees 1" in out and "t: GPU 1 released at" in out, out
+    held.pop("0").close()

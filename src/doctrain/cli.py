@@ -225,7 +225,9 @@ def parser() -> argparse.ArgumentParser:
         "status",
         help="is results/EXP.onnx what the current config, code and data build? (exit 1 when not)",
     )
-    status.add_argument("experiments", nargs="*", metavar="EXP", help="experiments (default: every config)")
+    status.add_argument(
+        "experiments", nargs="*", metavar="EXP", help="experiments or sweeps (default: every experiment)"
+    )
     status.set_defaults(func=_status)
 
     cmp = sub.add_parser(

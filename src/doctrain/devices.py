@@ -41,10 +41,21 @@ def _report_release(what: str) -> None:
     print(f"{what} released at {_now()}", flush=True)
 
 
+def _shared(path: Path, mode: int) -> None:
+    """Let every user's jobs use the lock folder and files (only their creator may change modes)."""
+    try:
+        path.chmod(mode)
+    except PermissionError:
+        pass
+
+
 def _try_lock(device: str) -> IO | None:
-    LOCK_DIR.mkdir(parents=True, exist_ok=True)
-    with _shared_mode():
-        handle = open(LOCK_DIR / f"gpu-{device}.lock", "a")
+    if not LOCK_DIR.is_dir():
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        _shared(LOCK_DIR, 0o1777)
+    path = LOCK_DIR / f"gpu-{device}.lock"
+    handle = open(path, "a")
+    _shared(path, 0o666)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -53,23 +64,13 @@ def _try_lock(device: str) -> IO | None:
     return handle
 
 
-class _shared_mode:
-    """Create the lock files readable and writable by every user (another user's job may lock them)."""
-
-    def __enter__(self):
-        self.mask = os.umask(0)
-
-    def __exit__(self, *exc):
-        os.umask(self.mask)
-
-
 def claim_gpu(who: str, poll_s: float = 2.0) -> str | None:
     """Claim a free visible GPU for the rest of this process and make it the only one it sees;
     wait while every one is taken. None where there is nothing to claim (no GPU, or SLURM)."""
     devices = visible_devices()
     if not devices or "SLURM_JOB_ID" in os.environ:
         return None
-    waiting_since = None
+    said_waiting = False
     while True:
         for device in devices:
             handle = _try_lock(device)
@@ -82,8 +83,8 @@ def claim_gpu(who: str, poll_s: float = 2.0) -> str | None:
                 )
                 atexit.register(_report_release, f"{who}: GPU {device}")
                 return device
-        if waiting_since is None:
-            waiting_since = time.monotonic()
+        if not said_waiting:
+            said_waiting = True
             print(
                 f"{who}: every GPU ({','.join(devices)}) is in use by another doctrain job; waiting",
                 flush=True,
