@@ -27,10 +27,7 @@ Chosen = dict[str, tuple[str, dict]]  # experiment -> its data owner and its con
 
 
 def _read(path: str) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
+    return integrity.read_record(path) or {}
 
 
 def built_settings(exp: str, owner: str, config: dict) -> dict:

@@ -44,7 +44,8 @@ class Break:
         return f"{exp}: {self.reason}; the {self.stage} step runs again, and every step after it"
 
 
-def _read_stamp(path: str) -> dict | None:
+def read_record(path: str) -> dict | None:
+    """A stamp or other JSON record the stages write; None when missing, unreadable or not one."""
     try:
         with open(path, "rb") as handle:
             record = json.load(handle)
@@ -76,7 +77,7 @@ def first_break(exp: str, cache: HashCache, owner: str | None = None) -> Break |
                 reason = f"{stamp} is missing (a failed or interrupted run) while {later[-1]} exists"
                 return Break(stage, stamp, reason)
             return None  # never built this far: Snakemake builds it
-        record = _read_stamp(stamp)
+        record = read_record(stamp)
         if record is None:
             return Break(stage, stamp, f"{stamp} is damaged (not the JSON record the {stage} step writes)")
         for artefact, recorded in record.get("artefacts", {}).items():
@@ -126,7 +127,7 @@ def changes(exp: str, config: dict, owner: str | None = None) -> list[str]:
     `train: optimizer.lr 0.002 → 0.003`, `export: code of doctrain.export`, and the like."""
     found, environment_changed = [], False
     for stage, stamp in chain(exp, owner)[1:]:
-        record = _read_stamp(stamp) or {}
+        record = read_record(stamp) or {}
         built = record.get("built_from")
         if not isinstance(built, dict):
             continue
