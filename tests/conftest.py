@@ -110,11 +110,44 @@ def image_tree(tmp_path: Path) -> Path:
     return root
 
 
+# One training as two CPU ranks (gloo): a sweep point of the smoke experiment, so it shares the
+# smoke data; validation in three batches of 6, so the ranks share them unevenly.
+TWO_RANKS = "ranks.devices-2"
+TWO_RANK_SWEEP = {
+    "base": "smoke",
+    "set": {"data.val_batch_size": 6, "schedule.epochs": 4},
+    "grid": {"trainer.devices": [2]},
+}
+
+
+def write_two_rank_sweep(workdir: Path) -> None:
+    import yaml
+
+    (workdir / "configs" / "sweeps" / "ranks.yaml").write_text(yaml.safe_dump(TWO_RANK_SWEEP))
+
+
 @pytest.fixture(scope="session")
 def built(tmp_path_factory) -> Path:
     """A complete local smoke build in a copy of the workflow (tests that edit it restore it)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("first") / "doctrain")
     result = snakemake(workdir, TARGET)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+def state_sha(workdir: Path, exp: str = TWO_RANKS) -> str:
+    """The digest of the trained weights, from the training's stamp."""
+    import json
+
+    return json.loads((workdir / f"results/{exp}/model.stamp.json").read_text())["state_dict_sha256"]
+
+
+@pytest.fixture(scope="session")
+def two_ranks(built, tmp_path_factory) -> Path:
+    """The smoke build plus one training as two CPU ranks, trained locally (its data is smoke's)."""
+    workdir = Path(shutil.copytree(built, tmp_path_factory.mktemp("ranks") / "doctrain", symlinks=True))
+    write_two_rank_sweep(workdir)
+    result = snakemake(workdir, f"results/{TWO_RANKS}/model.stamp.json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
 

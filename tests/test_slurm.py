@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +12,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SNAKEMAKE, TARGET, copy_workflow, snakemake, snakemake_env
+from tests.conftest import (
+    SNAKEMAKE,
+    TARGET,
+    TWO_RANKS,
+    copy_workflow,
+    snakemake,
+    snakemake_env,
+    state_sha,
+)
 from tests.slurm_cluster import ON_SLURM, on_slurm, sacct
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -106,3 +115,25 @@ def test_a_killed_training_job_resumes_and_ends_at_the_same_model(cluster, tmp_p
     ]
     assert digests[0] == digests[1]
     assert (workdir / TARGET).read_bytes() == (reference / TARGET).read_bytes()
+
+
+def test_two_ranks_train_as_one_job_of_two_srun_tasks_to_the_local_weights(cluster, two_ranks, tmp_path):
+    workdir = Path(shutil.copytree(two_ranks, tmp_path / "doctrain", symlinks=True))
+    target = f"results/{TWO_RANKS}/model.stamp.json"
+    result = on_slurm(cluster, workdir, target, "--verbose", "--forcerun", "train")
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    sbatch = [line for line in (result.stdout + result.stderr).splitlines() if "sbatch" in line]
+    print("\n".join(sbatch))
+    assert any("--ntasks-per-node=2" in line and "--nodes=1" in line for line in sbatch), sbatch
+    job = next(
+        j for j in sacct(cluster) if j["comment"].startswith("rule_train") and TWO_RANKS in j["comment"]
+    )
+    steps = cluster.run("sacct", "-j", job["id"], "-n", "-P", "--format=JobID,NTasks,State").stdout
+    print(steps)
+    assert any(
+        line.split("|")[0] == f"{job['id']}.0" and line.split("|")[1:] == ["2", "COMPLETED"]
+        for line in steps.splitlines()
+    ), steps
+    log = (workdir / f"results/{TWO_RANKS}/logs/train.log").read_text()
+    assert "starting 2 ranks as SLURM tasks" in log and "Starting with 2 processes" in log
+    assert state_sha(workdir) == state_sha(two_ranks)

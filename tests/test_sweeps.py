@@ -326,7 +326,7 @@ def test_a_training_waits_for_a_free_gpu_and_takes_the_one_released(tmp_path):
         [
             sys.executable,
             "-c",
-            "from doctrain.devices import claim_gpu; import os; claim_gpu('t', 0.1); "
+            "from doctrain.devices import claim_gpu; import os; claim_gpu('t', poll_s=0.1); "
             "print('sees', os.environ['CUDA_VISIBLE_DEVICES'])",
         ],
         env=env,

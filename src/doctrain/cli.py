@@ -59,6 +59,11 @@ def _run_stage(args: argparse.Namespace) -> None:
     if "resume_key" in stage.computed:
         arguments["resume_key"] = _resume_key(stage, settings, arguments)
     importlib.import_module(stage.module).run_stage(settings, **arguments)
+    if "lightning" in sys.modules:  # a stage that may run as several ranks: rank 0 records
+        from doctrain.distributed import is_first_rank
+
+        if not is_first_rank():
+            return
     if stage.stamp:
         from doctrain.integrity import record_origin
 

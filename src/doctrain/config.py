@@ -96,6 +96,12 @@ def _check_consistency(config: dict, source: str) -> None:
             f"data.samples_per_epoch ({data['samples_per_epoch']}) must be at least data.batch_size "
             f"({data['batch_size']}): an epoch of fewer samples than one batch trains nothing"
         )
+    ranks = config["trainer"]["devices"] * config["trainer"]["num_nodes"]
+    if data["batch_size"] % ranks:
+        problems.append(
+            f"data.batch_size ({data['batch_size']}) is the global batch and must divide evenly among "
+            f"the {ranks} ranks (trainer.devices x trainer.num_nodes)"
+        )
     if list(onnx["input_shape"]) != onnx["input_names"]:
         problems.append(f"onnx.input_names {onnx['input_names']} must name the onnx.input_shape entries")
     for name, spec in onnx["input_shape"].items():

@@ -10,10 +10,11 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from doctrain import augment, images
 from doctrain.cache import Cache
+from doctrain.distributed import RankBatches, RankSlices
 
 
 class ClassBalancedSampler(Sampler):
@@ -64,7 +65,8 @@ class TrainSamples(Dataset):
 
 class ValSamples(Dataset):
     """Validation images in a fixed shuffled order, so each batch mixes classes (the metric scores
-    the pairs inside each batch, as upstream)."""
+    the pairs inside each batch, as upstream), each with its position in that order (which tells
+    the batches apart when the ranks of a training gather them)."""
 
     def __init__(self, cache: Cache, seed: int):
         samples = cache.split("val")
@@ -74,10 +76,10 @@ class ValSamples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, row: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int]:
         sample = self.samples.iloc[row]
         image = self.cache.sample(int(sample["image"]), int(sample["variant"]))
-        return torch.from_numpy(images.to_input(image)[0]), int(sample["class_id"])
+        return torch.from_numpy(images.to_input(image)[0]), int(sample["class_id"]), row
 
 
 def _single_threaded_worker(worker_id: int) -> None:
@@ -87,8 +89,9 @@ def _single_threaded_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def loaders(cache: Cache, settings: dict) -> tuple[DataLoader, DataLoader]:
-    """Training and validation loaders from the `data` and `augment` settings."""
+def loaders(cache: Cache, settings: dict, rank: int = 0, world: int = 1) -> tuple[DataLoader, DataLoader]:
+    """Training and validation loaders from the `data` and `augment` settings, for rank `rank` of
+    `world` processes training together (doctrain.distributed)."""
     data, loader = settings["data"], settings["data"]["loader"]
     workers = loader["num_workers"]
     common = {
@@ -102,8 +105,9 @@ def loaders(cache: Cache, settings: dict) -> tuple[DataLoader, DataLoader]:
     sampler = ClassBalancedSampler(
         train.samples["class_id"].to_numpy(), data["samples_per_epoch"], settings["seed"]
     )
-    train_loader = DataLoader(train, batch_size=data["batch_size"], sampler=sampler, drop_last=True, **common)
-    val_loader = DataLoader(
-        ValSamples(cache, settings["seed"]), batch_size=data["val_batch_size"], shuffle=False, **common
-    )
+    global_batches = BatchSampler(sampler, data["batch_size"], drop_last=True)
+    train_loader = DataLoader(train, batch_sampler=RankSlices(global_batches, rank, world), **common)
+    val = ValSamples(cache, settings["seed"])
+    val_batches = BatchSampler(range(len(val)), data["val_batch_size"], drop_last=False)
+    val_loader = DataLoader(val, batch_sampler=RankBatches(val_batches, rank, world), **common)
     return train_loader, val_loader

@@ -1,11 +1,12 @@
-"""Which GPU a training job uses on a workstation.
+"""Which GPUs a training job uses on a workstation.
 
 Snakemake counts GPUs (`--resources gpu=4` runs at most four trainings that ask for one) but never
 says which: every job would see all of them and Lightning would put each on the first. So a
-training that may use a GPU claims one of the visible devices (CUDA_VISIBLE_DEVICES, else every
-device torch sees) with an exclusive lock on a file per device, and then sees only that device.
-The kernel drops the lock when the process ends, however it ends, so a killed job frees its
-device at once. Under SLURM the scheduler has already given the job its GPUs; nothing is claimed.
+training that may use GPUs claims as many of the visible devices (CUDA_VISIBLE_DEVICES, else every
+device torch sees) as it trains on, with an exclusive lock on a file per device, and then sees only
+those. The kernel drops the lock when the process ends, however it ends, so a killed job frees its
+devices at once. Under SLURM the scheduler has already given the job its GPUs, and the other ranks
+of a training in several processes see what their launcher gave them: nothing is claimed.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from doctrain.errors import UserError
+
 # Shared by every doctrain job on this machine, whichever checkout or user runs it.
 LOCK_DIR = Path(os.environ.get("DOCTRAIN_GPU_LOCKS", Path(tempfile.gettempdir()) / "doctrain-gpu-locks"))
 _held: list[IO] = []  # open lock files: the locks live as long as the process
+_claimed: list[str] = []  # the devices they lock, which a second training in this process reuses
 
 
 def visible_devices() -> list[str]:
@@ -64,29 +68,58 @@ def _try_lock(device: str) -> IO | None:
     return handle
 
 
-def claim_gpu(who: str, poll_s: float = 2.0) -> str | None:
-    """Claim a free visible GPU for the rest of this process and make it the only one it sees;
-    wait while every one is taken. None where there is nothing to claim (no GPU, or SLURM)."""
+def _claim_all(devices: list[str], count: int) -> list[IO] | None:
+    """Locks on `count` free devices, or none at all (holding some while waiting for more could
+    leave two jobs each waiting for the other's)."""
+    held = []
+    for device in devices:
+        handle = _try_lock(device)
+        if handle is not None:
+            held.append((device, handle))
+            if len(held) == count:
+                return held
+    for _, handle in held:
+        handle.close()
+    return None
+
+
+def claim_gpu(who: str, count: int = 1, poll_s: float = 2.0) -> list[str] | None:
+    """Claim `count` free visible GPUs for the rest of this process and make them the only ones it
+    (and the ranks it starts) sees; wait while too few are free. None where there is nothing to
+    claim (no GPU, SLURM, or a rank that a launcher started)."""
+    if len(_claimed) >= count:
+        return _claimed[:count]
     devices = visible_devices()
-    if not devices or "SLURM_JOB_ID" in os.environ:
+    if not devices or "SLURM_JOB_ID" in os.environ or "LOCAL_RANK" in os.environ:
         return None
+    if count > len(devices):
+        raise UserError(
+            f"{who}: trainer.devices asks for {count} GPUs and this machine shows {len(devices)} "
+            f"({','.join(devices)}); lower trainer.devices or run where there are more"
+        )
     said_waiting = False
     while True:
-        for device in devices:
-            handle = _try_lock(device)
-            if handle is not None:
-                _held.append(handle)
-                os.environ["CUDA_VISIBLE_DEVICES"] = device
-                print(
-                    f"{who}: GPU {device} claimed at {_now()} (of {','.join(devices)}; lock {handle.name})",
-                    flush=True,
-                )
-                atexit.register(_report_release, f"{who}: GPU {device}")
-                return device
-        if not said_waiting:
-            said_waiting = True
+        held = _claim_all(devices, count)
+        if held is not None:
+            claimed = ",".join(device for device, _ in held)
+            _held.extend(handle for _, handle in held)
+            _claimed.extend(device for device, _ in held)
+            os.environ["CUDA_VISIBLE_DEVICES"] = claimed
+            noun = "GPU" if count == 1 else "GPUs"
             print(
-                f"{who}: every GPU ({','.join(devices)}) is in use by another doctrain job; waiting",
+                f"{who}: {noun} {claimed} claimed at {_now()} (of {','.join(devices)}; "
+                f"lock {', '.join(handle.name for _, handle in held)})",
                 flush=True,
             )
+            atexit.register(_report_release, f"{who}: {noun} {claimed}")
+            return [device for device, _ in held]
+        if not said_waiting:
+            said_waiting = True
+            listed = ",".join(devices)
+            busy = (
+                f"every GPU ({listed}) is in use by another doctrain job"
+                if count == 1
+                else f"fewer than {count} of the GPUs {listed} are free of other doctrain jobs"
+            )
+            print(f"{who}: {busy}; waiting", flush=True)
         time.sleep(poll_s)

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from doctrain.distributed import gather_batches
 from doctrain.losses import MarginSoftmax
 from doctrain.metrics import pair_scores, verification_metrics
 from doctrain.model import EmbeddingNet
@@ -39,8 +40,7 @@ class EmbeddingModule(L.LightningModule):
         self.margin = MarginSoftmax(num_classes, model["embed_dim"], loss["name"], loss["s"], loss["m"])
         if model["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._val_scores: list[np.ndarray] = []
-        self._val_same: list[np.ndarray] = []
+        self._val_batches: list[tuple[int, np.ndarray, np.ndarray]] = []
         self.last_val: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -67,22 +67,24 @@ class EmbeddingModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         img, labels = batch
         loss = self.margin(self(img), labels)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        # Averaged over the ranks: the loss of the global batch, as one process would log it.
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_scores, self._val_same = [], []
+        self._val_batches = []
 
     def validation_step(self, batch, batch_idx):
-        img, labels = batch
+        img, labels, rows = batch
         feats = self(img).float().cpu().numpy()
         scores, same = pair_scores(feats, labels.cpu().numpy())
-        self._val_scores.append(scores)
-        self._val_same.append(same)
+        self._val_batches.append((int(rows[0]), scores, same))
 
     def on_validation_epoch_end(self) -> None:
-        scores, same = np.concatenate(self._val_scores), np.concatenate(self._val_same)
+        # The whole validation set's pairs on every rank, so every rank logs the same figures and
+        # picks the same best epoch.
+        scores, same = gather_batches(self._val_batches)
         self.last_val = (scores, same)
         metrics = verification_metrics(scores, same)
         self.log("val/auroc", metrics["auroc"], prog_bar=True)

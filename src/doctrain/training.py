@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ from doctrain import _io, plots
 from doctrain.cache import Cache
 from doctrain.dataset import loaders
 from doctrain.devices import claim_gpu
+from doctrain.distributed import start_ranks, wait_for_other_ranks, world_size
 from doctrain.errors import UserError
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import roc_points, verification_metrics
@@ -38,17 +40,23 @@ def _loads(checkpoint: Path) -> bool:
     return True
 
 
-def _resumable(work_dir: Path, resume_key: str) -> Path | None:
+def _resumable(work_dir: Path, resume_key: str, prepare: bool = True) -> Path | None:
     """The last epoch checkpoint of an interrupted run of exactly this training, if there is one
     and it loads. Anything else in the work folder is stale and is removed, so it cannot be picked
-    as "best"; a damaged checkpoint is set aside beside the folder, and training starts over."""
+    as "best"; a damaged checkpoint is set aside beside the folder, and training starts over.
+    Only the rank that `prepare`s the folder changes it; the other ranks of the training come to
+    the same answer by reading it (Lightning's launcher starts them after rank 0 prepared it)."""
     last, key_file = work_dir / "checkpoints" / "last.ckpt", work_dir / "resume-key.txt"
     if last.exists() and key_file.exists() and key_file.read_text() == resume_key:
         if _loads(last):
             return last
+        if not prepare:
+            return None
         damaged = work_dir.with_name(f"{work_dir.name}.damaged-last.ckpt")
         shutil.move(last, damaged)
         print(f"warning: {last} does not load (damaged); set aside as {damaged}; training starts over")
+    if not prepare:
+        return None
     if work_dir.exists():
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True)
@@ -58,10 +66,13 @@ def _resumable(work_dir: Path, resume_key: str) -> Path | None:
 
 # What Lightning and its dependencies print on every run that says nothing about this one: a tip
 # to install a cloud logger, a hint to launch with srun wherever SLURM is installed (the workflow
-# launches the job; the one-device trainer needs no srun), a deprecation inside Lightning itself.
+# launches the job, with srun where it runs several ranks under SLURM), a deprecation inside
+# Lightning itself, and advice to average validation figures over the ranks (each rank already
+# computes them from every rank's pairs, doctrain.distributed).
 NOISE = (
     "The `srun` command is available on your system but is not used",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"It is recommended to use `self.log\('val/",
 )
 TIPS = "💡 Tip:"
 
@@ -104,8 +115,9 @@ def train(
     name: str = "model",
     resume_key: str = "",
     init_from: str | Path | None = None,
-) -> dict:
-    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (see _fit)."""
+) -> dict | None:
+    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (see _fit), or
+    None in the ranks other than 0 of a training in several processes."""
     with _without_noise():
         return _fit(settings, cache_dir, work_dir, name, resume_key, init_from)
 
@@ -130,6 +142,18 @@ def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
         )
 
 
+def _set_threads(trainer_settings: dict) -> None:
+    """trainer.threads per process where the config pins them; else the job's threads
+    (OMP_NUM_THREADS, what Snakemake granted) shared by the ranks on this node. Pinned, they are
+    also what OMP_NUM_THREADS says: where it is unset, Lightning's DDP launcher would set its own
+    count, and another thread count sums in another order (other weights)."""
+    if trainer_settings["threads"]:
+        torch.set_num_threads(trainer_settings["threads"])
+        os.environ["OMP_NUM_THREADS"] = str(trainer_settings["threads"])
+    elif trainer_settings["devices"] > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // trainer_settings["devices"]))
+
+
 def _fit(
     settings: dict,
     cache_dir: str | Path,
@@ -137,27 +161,22 @@ def _fit(
     name: str,
     resume_key: str,
     init_from: str | Path | None,
-) -> dict:
-    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures.
+) -> dict | None:
+    """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (None on ranks
+    other than 0).
 
     Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
     outputs), so a rerun with the same `resume_key` (settings, code, input) resumes from the last
     epoch Lightning saved (its last.ckpt follows the top-k saves, so later epochs may be repeated);
     everything training draws is seeded per epoch, so it ends at the same weights."""
     work_dir = Path(work_dir)
-    resume_from = _resumable(work_dir, resume_key)
-    L.seed_everything(settings["seed"], workers=True, verbose=False)
-    trainer_cfg = settings["trainer"]
-    if trainer_cfg["threads"]:
-        torch.set_num_threads(trainer_cfg["threads"])
+    trainer_cfg, data = settings["trainer"], settings["data"]
+    ranks = world_size(trainer_cfg)
+    start_ranks(trainer_cfg)
+    _set_threads(trainer_cfg)
     if trainer_cfg["accelerator"] != "cpu":
-        claim_gpu(f"{name}: train")  # before anything initialises CUDA
-    cache = Cache(cache_dir)
-    train_loader, val_loader = loaders(cache, settings)
-    num_classes = int(cache.split("train")["class_id"].max()) + 1
-    module = EmbeddingModule.from_settings(settings, num_classes, len(train_loader))
-    if init_from:
-        start_from(module, init_from)
+        claim_gpu(f"{name}: train", trainer_cfg["devices"])  # before anything initialises CUDA
+    steps_per_epoch = data["samples_per_epoch"] // data["batch_size"]
     best = ModelCheckpoint(
         dirpath=work_dir / "checkpoints",
         filename="epoch{epoch:03d}",
@@ -170,32 +189,52 @@ def _fit(
     trainer = L.Trainer(
         max_epochs=settings["schedule"]["epochs"],
         accelerator=trainer_cfg["accelerator"],
-        devices=1,
+        devices=trainer_cfg["devices"],
+        num_nodes=trainer_cfg["num_nodes"],
+        strategy="ddp" if ranks > 1 else trainer_cfg["strategy"],
+        sync_batchnorm=ranks > 1 and trainer_cfg["accelerator"] != "cpu" and torch.cuda.is_available(),
         precision=trainer_cfg["precision"],
         gradient_clip_val=trainer_cfg["gradient_clip_val"],
         deterministic=trainer_cfg["deterministic"],
         # Its own folder: CSVLogger warns that a non-empty one "will be deleted" (the work folder
         # always holds the resume key).
         logger=CSVLogger(work_dir, name="log", version=""),
-        callbacks=[best, TQDMProgressBar(refresh_rate=max(1, len(train_loader) // 20))],
+        callbacks=[best, TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 20))],
         num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, len(train_loader) // 4)),
-        use_distributed_sampler=False,
+        log_every_n_steps=max(1, min(50, steps_per_epoch // 4)),
+        use_distributed_sampler=False,  # doctrain.distributed shares the batches
         enable_model_summary=False,
         default_root_dir=work_dir,
     )
-    samples = settings["schedule"]["epochs"] * len(train_loader) * settings["data"]["batch_size"]
-    if trainer.strategy.root_device.type == "cpu":
-        _warn_if_long_on_a_cpu(samples, cache.image_size)
+    resume_from = _resumable(work_dir, resume_key, prepare=trainer.is_global_zero)
+    cache = Cache(cache_dir)
+    train_loader, val_loader = loaders(cache, settings, trainer.global_rank, trainer.world_size)
+    num_classes = int(cache.split("train")["class_id"].max()) + 1
+    # Seeded here, after the Trainer (whose strategy may draw numbers), so the initial weights are
+    # the same whatever the strategy.
+    L.seed_everything(settings["seed"], workers=True, verbose=False)
+    module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch)
+    if init_from:
+        start_from(module, init_from, report=trainer.is_global_zero)
+    samples = settings["schedule"]["epochs"] * steps_per_epoch * data["batch_size"]
+    if trainer.is_global_zero:
+        if trainer.strategy.root_device.type == "cpu":
+            _warn_if_long_on_a_cpu(samples, cache.image_size)
+        if resume_from:
+            print(f"resuming from {resume_from} (a previous run of this training was interrupted)")
     started = time.perf_counter()
-    if resume_from:
-        print(f"resuming from {resume_from} (a previous run of this training was interrupted)")
-    with _temporary_files_in(work_dir / "tmp"):
+    # Rank 0 writes the checkpoints; the other ranks leave the work folder alone (under srun they
+    # start beside rank 0 while it prepares the folder).
+    writes = _temporary_files_in(work_dir / "tmp") if trainer.is_global_zero else contextlib.nullcontext()
+    with writes:
         trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     seconds = time.perf_counter() - started
 
     selected = EmbeddingModule.load_from_checkpoint(best.best_model_path, map_location="cpu", strict=True)
     trainer.validate(selected, val_loader, verbose=False)
+    if not trainer.is_global_zero:
+        return None  # rank 0 writes the outputs
+    wait_for_other_ranks(trainer.strategy.launcher)
     scores, same = selected.last_val
     metrics = verification_metrics(scores, same)
     state_dict = selected.state_dict()
@@ -212,6 +251,7 @@ def _fit(
             "samples": samples,
             "samples_per_s": round(samples / seconds, 1),
             "device": str(trainer.strategy.root_device),
+            "ranks": trainer.world_size,
             "accelerator": trainer.accelerator.__class__.__name__,
             "classes": num_classes,
         },
@@ -219,7 +259,7 @@ def _fit(
     }
 
 
-def start_from(module: EmbeddingModule, checkpoint: str | Path) -> None:
+def start_from(module: EmbeddingModule, checkpoint: str | Path, report: bool = True) -> None:
     """Warm start: the network (backbone and head) of another experiment's trained checkpoint,
     every tensor matched by name and shape; the class weights are this training's own."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
@@ -238,7 +278,8 @@ def start_from(module: EmbeddingModule, checkpoint: str | Path) -> None:
             f"tensors: {'; '.join(problems[:3])}); the backbone and model.embed_dim must be the same"
         )
     module.net.load_state_dict(theirs, strict=True)
-    print(f"starting from the network of {checkpoint} (model.init_from)")
+    if report:
+        print(f"starting from the network of {checkpoint} (model.init_from)")
 
 
 def save_checkpoint(module: EmbeddingModule, path: str | Path, extra: dict) -> None:
@@ -274,6 +315,8 @@ def run_stage(
     """Train on the cache whose summary (its stamp) is `cache`, from the network of the checkpoint
     `init_from` where there is one."""
     result = train(settings, Path(cache).parent, work_dir, name, resume_key, init_from)
+    if result is None:
+        return  # a rank other than 0 of a training in several processes
     selection = {
         "epoch": result["selected_epoch"],
         "monitor": "val/auroc",
