@@ -225,3 +225,23 @@ def test_slurm_is_asked_for_a_task_per_rank_and_the_gpus_of_each_node(tmp_path):
             assert f" {option} " in f"{sbatch} ", (option, sbatch)
         assert resources["mpi"] == "srun"
     assert "--ntasks=" not in sbatch_of["cluster.devices-4"]
+
+
+def test_a_training_on_two_gpus_claims_two_free_ones_or_says_there_are_too_few(tmp_path):
+    import fcntl
+    import sys
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="0,1,2", DOCTRAIN_GPU_LOCKS=str(tmp_path))
+    for name in ("SLURM_JOB_ID", "LOCAL_RANK"):
+        env.pop(name, None)
+    held = open(tmp_path / "gpu-0.lock", "a")  # another job's
+    fcntl.flock(held, fcntl.LOCK_EX)
+    claim = (
+        "from doctrain.devices import claim_gpu; import os; from doctrain.errors import UserError\n"
+        "print(claim_gpu('t', 2), os.environ['CUDA_VISIBLE_DEVICES'])\n"
+        "try: claim_gpu('u', 4)\nexcept UserError as e: print(e)"
+    )
+    out = subprocess.run([sys.executable, "-c", claim], env=env, capture_output=True, text=True, timeout=60)
+    assert "t: GPUs 1,2 claimed at" in out.stdout and "['1', '2'] 1,2" in out.stdout, out.stdout + out.stderr
+    assert "u: trainer.devices asks for 4 GPUs and this machine shows 2 (1,2)" in out.stdout
+    held.close()

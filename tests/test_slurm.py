@@ -47,14 +47,15 @@ def test_a_failing_step_is_reported_and_a_rerun_completes(cluster, tmp_path):
     image = next((workdir / "data/synth/smoke/train").rglob("*.png"))
     good = image.read_bytes()
     image.write_bytes(b"not a png")
-    failed = on_slurm(cluster, workdir, TARGET)
+    validated = "results/smoke/data/validated.parquet"  # the failing step's output (the rest: above)
+    failed = on_slurm(cluster, workdir, validated)
     assert failed.returncode != 0
     assert "does not decode as an image" in failed.stdout + failed.stderr
-    assert not (workdir / "results/smoke/data/validated.parquet").exists()
+    assert not (workdir / validated).exists()
     image.write_bytes(good)
-    rerun = on_slurm(cluster, workdir, TARGET)
+    rerun = on_slurm(cluster, workdir, validated)
     assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
-    assert (workdir / TARGET).exists()
+    assert (workdir / validated).exists()
 
 
 def _longer_training(workdir: Path) -> None:
