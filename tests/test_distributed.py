@@ -245,3 +245,25 @@ def test_a_training_on_two_gpus_claims_two_free_ones_or_says_there_are_too_few(t
     assert "t: GPUs 1,2 claimed at" in out.stdout and "['1', '2'] 1,2" in out.stdout, out.stdout + out.stderr
     assert "u: trainer.devices asks for 4 GPUs and this machine shows 2 (1,2)" in out.stdout
     held.close()
+
+
+@pytest.mark.slow
+def test_one_ddp_rank_trains_the_weights_of_one_plain_process(built, tmp_path):
+    """trainer.strategy: ddp for one rank (what bench_ddp.py measures) changes nothing but the
+    bookkeeping. In its own process: DDP leaves its rank variables in the environment."""
+    import sys
+
+    script = (
+        "import sys; from doctrain import experiments, training; "
+        "from doctrain.fingerprint import stage_settings\n"
+        f"settings = stage_settings(experiments.find('{built}/configs').configs['smoke'], 'train')\n"
+        "settings['schedule']['epochs'] = 1\n"
+        "for strategy in ('ddp', 'auto'):\n"
+        "    settings['trainer']['strategy'] = strategy\n"
+        f"    result = training.train(settings, '{built}/results/smoke/cache', '{tmp_path}/' + strategy)\n"
+        "    print('weights', result['state_dict_sha256'])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    weights = [line.split()[1] for line in run.stdout.splitlines() if line.startswith("weights ")]
+    assert len(weights) == 2, run.stdout[-2000:] + run.stderr[-3000:]
+    assert weights[0] == weights[1]
