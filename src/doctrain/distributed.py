@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch.distributed as dist
@@ -67,7 +67,6 @@ def start_ranks(trainer_settings: dict) -> None:
         *sys.orig_argv[1:],
     ]
     print(f"starting {devices * nodes} ranks as SLURM tasks: {' '.join(command)}", flush=True)
-    sys.stdout.flush()
     os.execv(srun, command)
 
 
@@ -109,7 +108,7 @@ class RankBatches(Sampler):
     as many: where the batches run out, a rank repeats one that another rank scores, which
     gather_batches drops (Lightning refuses a rank without validation batches)."""
 
-    def __init__(self, batches: BatchSampler, rank: int, world: int):
+    def __init__(self, batches: Iterable[list[int]], rank: int, world: int):
         self.batches, self.rank, self.world = list(batches), rank, world
 
     def __len__(self) -> int:

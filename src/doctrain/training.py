@@ -45,7 +45,9 @@ def _resumable(work_dir: Path, resume_key: str, prepare: bool = True) -> Path | 
     and it loads. Anything else in the work folder is stale and is removed, so it cannot be picked
     as "best"; a damaged checkpoint is set aside beside the folder, and training starts over.
     Only the rank that `prepare`s the folder changes it; the other ranks of the training come to
-    the same answer by reading it (Lightning's launcher starts them after rank 0 prepared it)."""
+    the same answer by reading it: Lightning's launcher starts them after rank 0 prepared it, and
+    srun's tasks that read it meanwhile find either the same resumable epoch or nothing to resume,
+    as rank 0 decided."""
     last, key_file = work_dir / "checkpoints" / "last.ckpt", work_dir / "resume-key.txt"
     if last.exists() and key_file.exists() and key_file.read_text() == resume_key:
         if _loads(last):
@@ -210,8 +212,8 @@ def _fit(
     cache = Cache(cache_dir)
     train_loader, val_loader = loaders(cache, settings, trainer.global_rank, trainer.world_size)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
-    # Seeded here, after the Trainer (whose strategy may draw numbers), so the initial weights are
-    # the same whatever the strategy.
+    # Seeded after the Trainer is built, so nothing its strategy's set-up might draw can shift the
+    # initial weights.
     L.seed_everything(settings["seed"], workers=True, verbose=False)
     module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch)
     if init_from:
