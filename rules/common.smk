@@ -17,7 +17,7 @@ sys.path.insert(0, str(SRC))
 
 from doctrain import experiments, fingerprint, integrity, stages
 from doctrain.container import check_present, image as container_image
-from doctrain.config import canonical_json, parse_overrides
+from doctrain.config import canonical_json, parse_overrides, ranks
 from doctrain.errors import UserError
 
 # All the rules run `python -m doctrain`, with the checkout's src/ ahead of any installed copy. The
@@ -84,8 +84,7 @@ def trainer(w):
 
 
 def train_ranks(w):
-    """Processes of one training: trainer.devices on each of trainer.num_nodes nodes."""
-    return trainer(w)["devices"] * trainer(w)["num_nodes"]
+    return ranks(trainer(w))
 
 
 def on_gpus(w):

@@ -86,6 +86,11 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     return config
 
 
+def ranks(trainer: dict) -> int:
+    """Processes of one training: trainer.devices on each of trainer.num_nodes nodes."""
+    return trainer["devices"] * trainer["num_nodes"]
+
+
 def _check_consistency(config: dict, source: str) -> None:
     onnx = config["onnx"]
     size = config["data"]["image_size"]
@@ -96,11 +101,11 @@ def _check_consistency(config: dict, source: str) -> None:
             f"data.samples_per_epoch ({data['samples_per_epoch']}) must be at least data.batch_size "
             f"({data['batch_size']}): an epoch of fewer samples than one batch trains nothing"
         )
-    ranks = config["trainer"]["devices"] * config["trainer"]["num_nodes"]
-    if data["batch_size"] % ranks:
+    processes = ranks(config["trainer"])
+    if data["batch_size"] % processes:
         problems.append(
             f"data.batch_size ({data['batch_size']}) is the global batch and must divide evenly among "
-            f"the {ranks} ranks (trainer.devices x trainer.num_nodes)"
+            f"the {processes} ranks (trainer.devices x trainer.num_nodes)"
         )
     if list(onnx["input_shape"]) != onnx["input_names"]:
         problems.append(f"onnx.input_names {onnx['input_names']} must name the onnx.input_shape entries")

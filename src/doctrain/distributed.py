@@ -24,11 +24,8 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, Sampler
 
+from doctrain.config import ranks
 from doctrain.errors import UserError
-
-
-def world_size(trainer_settings: dict) -> int:
-    return trainer_settings["devices"] * trainer_settings["num_nodes"]
 
 
 def start_ranks(trainer_settings: dict) -> None:
@@ -45,7 +42,7 @@ def start_ranks(trainer_settings: dict) -> None:
                 "(snakemake --profile profiles/slurm); on one machine set trainer.num_nodes: 1"
             )
         return
-    if devices * nodes == 1 or "SLURM_PROCID" in os.environ:
+    if ranks(trainer_settings) == 1 or "SLURM_PROCID" in os.environ:
         return
     srun = shutil.which("srun")
     if srun is None:
@@ -66,7 +63,7 @@ def start_ranks(trainer_settings: dict) -> None:
         sys.executable,
         *sys.orig_argv[1:],
     ]
-    print(f"starting {devices * nodes} ranks as SLURM tasks: {' '.join(command)}", flush=True)
+    print(f"starting {ranks(trainer_settings)} ranks as SLURM tasks: {' '.join(command)}", flush=True)
     os.execv(srun, command)
 
 

@@ -23,9 +23,10 @@ from lightning.pytorch.loggers import CSVLogger
 
 from doctrain import _io, plots
 from doctrain.cache import Cache
+from doctrain.config import ranks
 from doctrain.dataset import loaders
 from doctrain.devices import claim_gpu
-from doctrain.distributed import start_ranks, wait_for_other_ranks, world_size
+from doctrain.distributed import start_ranks, wait_for_other_ranks
 from doctrain.errors import UserError
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import roc_points, verification_metrics
@@ -173,7 +174,7 @@ def _fit(
     everything training draws is seeded per epoch, so it ends at the same weights."""
     work_dir = Path(work_dir)
     trainer_cfg, data = settings["trainer"], settings["data"]
-    ranks = world_size(trainer_cfg)
+    processes = ranks(trainer_cfg)
     start_ranks(trainer_cfg)
     _set_threads(trainer_cfg)
     if trainer_cfg["accelerator"] != "cpu":
@@ -193,8 +194,8 @@ def _fit(
         accelerator=trainer_cfg["accelerator"],
         devices=trainer_cfg["devices"],
         num_nodes=trainer_cfg["num_nodes"],
-        strategy="ddp" if ranks > 1 else trainer_cfg["strategy"],
-        sync_batchnorm=ranks > 1 and trainer_cfg["accelerator"] != "cpu" and torch.cuda.is_available(),
+        strategy="ddp" if processes > 1 else trainer_cfg["strategy"],
+        sync_batchnorm=processes > 1 and trainer_cfg["accelerator"] != "cpu" and torch.cuda.is_available(),
         precision=trainer_cfg["precision"],
         gradient_clip_val=trainer_cfg["gradient_clip_val"],
         deterministic=trainer_cfg["deterministic"],
