@@ -22,9 +22,15 @@ from doctrain.errors import UserError
 
 # All the rules run `python -m doctrain`, with the checkout's src/ ahead of any installed copy. The
 # prefix is Snakemake's own bash default plus that path, so the commands use no variable from
-# outside their rules (as `snakemake --lint` asks).
+# outside their rules (as `snakemake --lint` asks). In the Apptainer image the image is the whole
+# environment: Apptainer passes the host's variables in, and a host PYTHONPATH (or user site, or
+# PYTHONHOME) would put the host's packages ahead of the image's pinned ones.
 SRC_QUOTED = shlex.quote(str(SRC))
-shell.prefix("set -euo pipefail; export PYTHONPATH={SRC_QUOTED}${{PYTHONPATH:+:$PYTHONPATH}}; ")
+IN_APPTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+if IN_APPTAINER:
+    shell.prefix("set -euo pipefail; unset PYTHONHOME; export PYTHONPATH={SRC_QUOTED} PYTHONNOUSERSITE=1; ")
+else:
+    shell.prefix("set -euo pipefail; export PYTHONPATH={SRC_QUOTED}${{PYTHONPATH:+:$PYTHONPATH}}; ")
 
 # The workflow's own config (--config KEY=VALUE): experiment settings live in configs/, not here.
 WORKFLOW_KEYS = {
@@ -44,7 +50,7 @@ try:
     # The image the rules run in under --sdm apptainer: the workflow config's `container`
     # (--config container=IMAGE), else this checkout's own build, named by its version.
     CONTAINER_IMAGE = container_image(config.get("container"), workflow.basedir)
-    if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method:
+    if IN_APPTAINER:
         check_present(CONTAINER_IMAGE)
 except UserError as exc:
     raise WorkflowError(str(exc)) from None

@@ -1,25 +1,29 @@
 """The training image on a real container runtime (podman, tests/podman_images.py): the pinned
-environment, the entrypoint's user mapping, and both routes — containers/run.sh (Docker's) and
-`snakemake --sdm apptainer` (through the test adapter in tests/apptainer_adapter/) — building the
-smoke model byte for byte as a local run does."""
+environment, the entrypoint's user mapping, and both routes building the smoke model byte for byte
+as a local run does — containers/run.sh (Docker's, with podman) and `snakemake --use-singularity`
+(Apptainer's: the image as a real SIF file, tests/sif_image.py, run read-only as the calling user
+by the test stand-in tests/apptainer_standin.py)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from doctrain import container
-from tests import podman_images
-from tests.conftest import ROOT, TARGET, copy_workflow, snakemake, snakemake_env
+from tests import podman_images, sif_image
+from tests.conftest import ROOT, TARGET, copy_workflow, snakemake_env
 from tests.slurm_cluster import on_slurm, sacct
 
 pytestmark = [pytest.mark.slow, pytest.mark.container]
-ADAPTER = Path(__file__).parent / "apptainer_adapter"
+STANDIN = Path(__file__).parent / "apptainer_standin"
 USER, GROUP = 1234, 2345  # a caller who is not root and exists nowhere in the image
 
 
@@ -104,31 +108,136 @@ def test_docker_route_builds_the_local_model_byte_for_byte(image, built, tmp_pat
     assert provenance["container_image"] == image["tag"].removeprefix("localhost/")
 
 
-def test_apptainer_route_builds_the_local_model_byte_for_byte(image, built, tmp_path):
-    workdir = copy_workflow(tmp_path / "doctrain")
-    version = container.version(workdir)
-    sif = workdir / f"containers/doctrain-{version}.sif"
-    # Without the image file the workflow stops before any job, naming it.
-    env = snakemake_env(
-        PATH=f"{ADAPTER}{os.pathsep}{os.environ['PATH']}",
-        CONTAINERS_CONF=image["env"]["CONTAINERS_CONF"],
+@pytest.fixture(scope="module")
+def sif(image) -> Path:
+    """The training image as a real SIF file (tests/sif_image.py), where any user can read it."""
+    sif_image.install()
+    folder = Path(tempfile.mkdtemp(prefix="doctrain-sif-", dir="/tmp"))
+    folder.chmod(0o755)
+    path = folder / f"doctrain-{image['tag'].rsplit(':', 1)[1]}.sif"
+    made = sif_image.build(image["env"], image["tag"], path)
+    print(f"{path.name}: built in {made['seconds']:.0f} s, {made['bytes'] / 1e9:.2f} GB")
+    yield path
+    shutil.rmtree(folder)
+
+
+def apptainer_exec(sif: Path, *args: str, env: dict, user: list[str] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*user, str(STANDIN / "apptainer"), "exec", *args[:-1], str(sif), "sh", "-c", args[-1]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    result = snakemake(workdir, "--profile", "profiles/apptainer", "-n", TARGET, env=env)
-    assert result.returncode != 0 and f"{sif.relative_to(workdir)} does not exist" in result.stdout
-    # The adapter runs the podman image of the version this file's name gives.
-    sif.touch()
-    result = snakemake(workdir, "--profile", "profiles/apptainer", TARGET, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
-    provenance = json.loads((workdir / "results/smoke/provenance.json").read_text())
-    assert provenance["container_image"] == f"doctrain:{version}"
+
+
+def test_the_stand_in_runs_the_sif_read_only_with_the_environment_apptainer_passes(sif, tmp_path):
+    """The stand-in's contract, which the route tests below rely on (Apptainer's rules: its
+    internal/pkg/util/env/create.go and action script)."""
+    host = dict(
+        os.environ,
+        FROM_HOST="passes",
+        PYTHONPATH="/host/site-packages",
+        LD_LIBRARY_PATH="/host/lib",
+        PATH=f"/host/venv/bin:{os.environ['PATH']}",
+        DOCTRAIN_CONTAINER_IMAGE="host",
+        APPTAINERENV_OVERRIDDEN="set",
+        APPTAINERENV_LD_LIBRARY_PATH="/asked/lib",
+        APPTAINER_BINDPATH="/not/forwarded",
+        TERM="xterm",
+    )
+    shown = "env; touch /opt/venv/written || echo READ-ONLY; touch $HOME/home-written; id -un"
+    result = apptainer_exec(sif, "--home", str(tmp_path), shown, env=host)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    inside = dict(line.split("=", 1) for line in lines if "=" in line)
+    assert inside["FROM_HOST"] == "passes" and inside["PYTHONPATH"] == "/host/site-packages"
+    assert inside["PATH"] == "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert inside["LD_LIBRARY_PATH"] == "/asked/lib" and inside["OVERRIDDEN"] == "set"
+    assert inside["DOCTRAIN_CONTAINER_IMAGE"] == f"doctrain:{sif.stem.removeprefix('doctrain-')}"
+    assert inside["HOME"] == str(tmp_path) and "APPTAINER_BINDPATH" not in inside
+    assert "READ-ONLY" in lines and "Read-only file system" in result.stderr
+    assert (tmp_path / "home-written").exists() and lines[-1] == "root"
+
+    result = apptainer_exec(sif, "--cleanenv", "--home", str(tmp_path), "env", env=host)
+    inside = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    assert inside.keys() - {"PWD", "SHLVL", "_"} == {
+        "TERM",
+        "LANG",
+        "HOME",
+        "PATH",
+        "DOCTRAIN_CONTAINER_IMAGE",
+        "OVERRIDDEN",
+        "LD_LIBRARY_PATH",
+        "APPTAINER_CONTAINER",
+        "APPTAINER_NAME",
+    }, inside
+
+
+def test_apptainer_route_runs_the_sif_as_a_user_and_builds_the_local_model_byte_for_byte(sif, built):
+    """The mission's command, `snakemake --use-singularity`, as a non-root user of this machine
+    whose shell carries a PYTHONPATH with a torch of its own and a venv, in a checkout whose path
+    has a space and a `;`."""
+    user = sif_image.cluster_user()
+    sif_image.let_user_reach_the_checkout()
+    scratch = Path(tempfile.mkdtemp(prefix="doctrain-apptainer-", dir="/tmp"))
+    try:
+        workdir = copy_workflow(scratch / "lab; shared checkout" / "doctrain")
+        version = container.version(workdir)
+        image_file = workdir / f"containers/doctrain-{version}.sif"
+        site = scratch / "host/site-packages/torch"
+        site.mkdir(parents=True)
+        (site / "__init__.py").write_text(
+            "raise ImportError('a torch from the host PYTHONPATH was imported')\n"
+        )
+        (scratch / "home").mkdir()
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(scratch)], check=True)
+        env = snakemake_env(
+            PATH=f"{STANDIN}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            HOME=str(scratch / "home"),
+            PYTHONPATH=str(site.parent),
+            LD_LIBRARY_PATH=str(scratch / "host/lib"),
+            VIRTUAL_ENV=str(Path(sys.executable).parents[1]),
+        )
+        command = [*sif_image.as_user(user), sys.executable, "-m", "snakemake", "--cores", "2"]
+        run = dict(cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+        # Without the image file the workflow stops before any job, naming it.
+        result = subprocess.run([*command, "--use-singularity", "-n", TARGET], **run)
+        assert result.returncode != 0 and f"{image_file.relative_to(workdir)} does not exist" in result.stdout
+        image_file.symlink_to(sif)
+        os.lchown(image_file, user.pw_uid, user.pw_gid)
+        others_before = files_of(user, scratch)
+        result = subprocess.run([*command, "--use-singularity", TARGET], **run)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
+        owners = {(p.lstat().st_uid, p.lstat().st_gid) for p in workdir.rglob("*")}
+        assert owners == {(user.pw_uid, user.pw_gid)}
+        assert files_of(user, scratch) == others_before
+        provenance = json.loads((workdir / "results/smoke/provenance.json").read_text())
+        assert provenance["container_image"] == f"doctrain:{version}"
+        print("left in the checkout:", sorted(p.name for p in workdir.iterdir()))
+    finally:
+        shutil.rmtree(scratch)
+
+
+def files_of(user, inside: Path) -> set[Path]:
+    """What `user` owns in the host's shared folders that Apptainer binds, outside `inside`."""
+    owned = set()
+    for top in (Path("/tmp"), Path("/var/tmp")):
+        for path in top.rglob("*"):
+            try:
+                if path.lstat().st_uid == user.pw_uid and inside not in path.parents:
+                    owned.add(path)
+            except OSError:
+                continue
+    return owned
 
 
 @pytest.mark.slurm
-def test_slurm_with_apptainer_runs_every_step_as_a_job_in_the_image(image, cluster, built, tmp_path):
+def test_slurm_with_apptainer_runs_every_step_as_a_job_in_the_image(sif, cluster, built, tmp_path):
     workdir = copy_workflow(tmp_path / "doctrain")
     version = container.version(workdir)
-    (workdir / f"containers/doctrain-{version}.sif").touch()
+    (workdir / f"containers/doctrain-{version}.sif").symlink_to(sif)
     earlier = {job["id"] for job in sacct(cluster)}
     result = on_slurm(
         cluster,
@@ -136,8 +245,7 @@ def test_slurm_with_apptainer_runs_every_step_as_a_job_in_the_image(image, clust
         "--profile",
         "profiles/apptainer",
         TARGET,
-        PATH=f"{ADAPTER}{os.pathsep}{os.environ['PATH']}",
-        CONTAINERS_CONF=image["env"]["CONTAINERS_CONF"],
+        PATH=f"{STANDIN}{os.pathsep}{os.environ['PATH']}",
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     jobs = [job for job in sacct(cluster) if job["id"] not in earlier]

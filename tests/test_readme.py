@@ -74,8 +74,8 @@ CHECKED = {
     "docker build -f containers/Dockerfile --build-arg VERSION=$(containers/version.sh) -t doctrain:$(containers/version.sh) .": "test_containers, with podman",
     "containers/run.sh snakemake --cores 32 results/lcnet050_cosface_96.onnx": "test_containers, with DOCKER=podman and the smoke target",
     "V=$(containers/version.sh)": "test_containers (the image name)",
-    "apptainer build --build-arg VERSION=$V containers/doctrain-$V.sif containers/doctrain.def": "only by hand where Apptainer installs (not on this machine kind); the definition is compared with the Dockerfile in test_containers",
-    "snakemake --profile profiles/apptainer --cores 32 results/lcnet050_cosface_96.onnx": "test_containers, through tests/apptainer_adapter",
+    "apptainer build --build-arg VERSION=$V containers/doctrain-$V.sif containers/doctrain.def": "only by hand where Apptainer installs (not on this machine kind); the definition is parsed with spython and compared with the Dockerfile in test_container_reference",
+    "snakemake --profile profiles/apptainer --cores 32 results/lcnet050_cosface_96.onnx": "test_containers, through tests/apptainer_standin on a real SIF file",
 }
 
 
