@@ -16,6 +16,7 @@ classes, not for classes never seen.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -32,17 +33,22 @@ BATCH = 64
 BASELINE_SIDE = 12
 
 
-def embed_split(sess: ort.InferenceSession, meta: dict, cache: Cache, split: str) -> dict[str, np.ndarray]:
-    """A split's labels [N], its embeddings [N, D] by the ONNX file, and the raw-pixel baseline's
-    [N, side²] — the baseline a trained model has to beat: each image as a grey side × side
-    thumbnail, its mean subtracted, as a unit row (cosine of raw pixels, no learning). Images are
-    read once, a batch at a time."""
+def onnx_embedder(sess: ort.InferenceSession, meta: dict) -> Callable[[np.ndarray], np.ndarray]:
+    """The ONNX file as a function from model inputs [B, 3, H, W] to its embeddings [B, D]."""
     input_name, output_name = meta["input"]["name"], meta["output"]["name"]
+    return lambda inputs: sess.run([output_name], {input_name: inputs})[0]
+
+
+def embed_split(embed: Callable[[np.ndarray], np.ndarray], cache: Cache, split: str) -> dict[str, np.ndarray]:
+    """A split's labels [N], its embeddings [N, D] by `embed` (the shipped ONNX file in the
+    pipeline), and the raw-pixel baseline's [N, side²] — the baseline a trained model has to beat:
+    each image as a grey side × side thumbnail, its mean subtracted, as a unit row (cosine of raw
+    pixels, no learning). Images are read once, a batch at a time."""
     rows = cache.split(split)
     embeddings, thumbs = [], []
     for start in range(0, len(rows), BATCH):
         batch = cache.samples(rows.iloc[start : start + BATCH])
-        embeddings.append(sess.run([output_name], {input_name: images.to_input(batch)})[0])
+        embeddings.append(embed(images.to_input(batch)))
         thumbs += [raw_pixels(image) for image in batch]
     return {
         "labels": rows["label"].to_numpy(),
@@ -201,7 +207,7 @@ def run_stage(
     }
     curves = {}
     for split in splits:
-        embedded = embed_split(sess, meta, opened, split)
+        embedded = embed_split(onnx_embedder(sess, meta), opened, split)
         both = split_metrics(
             {"model": embedded["model"], "baseline": embedded["baseline"]},
             embedded["labels"],
