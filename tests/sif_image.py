@@ -15,6 +15,7 @@ import pwd
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,15 +107,21 @@ def cluster_user() -> pwd.struct_passwd:
         return pwd.getpwnam(USER)
 
 
-def let_user_reach_the_checkout() -> list[Path]:
-    """Folders above this checkout that others could not enter get the search bit (o+x, not read),
-    so the test user can run this checkout's venv and Snakemake; the folders changed."""
+def let_user_run_this_checkout(user: pwd.struct_passwd) -> list[Path]:
+    """Make sure `user` can run this checkout's Snakemake and library with this venv's Python.
+    Where they cannot, folders above the checkout and the interpreter that others cannot enter get
+    the search bit (o+x, not read); the folders changed."""
+    check = [*as_user(user), sys.executable, "-c", "import snakemake, doctrain"]
     changed = []
-    for folder in reversed(ROOT.parents):
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
-            os.chmod(folder, mode | 0o001)
-            changed.append(folder)
+    if subprocess.run(check, capture_output=True, cwd="/").returncode != 0:
+        for path in (ROOT, Path(sys.executable).resolve()):
+            for folder in reversed(path.parents):
+                mode = folder.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(folder, mode | 0o001)
+                    changed.append(folder)
+        result = subprocess.run(check, capture_output=True, text=True, cwd="/")
+        assert result.returncode == 0, f"{user.pw_name} cannot run this checkout: {result.stderr[-2000:]}"
     return changed
 
 

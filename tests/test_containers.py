@@ -179,7 +179,7 @@ def test_apptainer_route_runs_the_sif_as_a_user_and_builds_the_local_model_byte_
     whose shell carries a PYTHONPATH with a torch of its own and a venv, in a checkout whose path
     has a space and a `;`."""
     user = sif_image.cluster_user()
-    sif_image.let_user_reach_the_checkout()
+    sif_image.let_user_run_this_checkout(user)
     scratch = Path(tempfile.mkdtemp(prefix="doctrain-apptainer-", dir="/tmp"))
     try:
         workdir = copy_workflow(scratch / "lab; shared checkout" / "doctrain")
