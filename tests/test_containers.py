@@ -121,9 +121,10 @@ def sif(image) -> Path:
     shutil.rmtree(folder)
 
 
-def apptainer_exec(sif: Path, *args: str, env: dict, user: list[str] = ()) -> subprocess.CompletedProcess:
+def apptainer_exec(sif: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
+    """`apptainer exec [OPTIONS...] SIF sh -c SCRIPT` through the stand-in; args: options, then SCRIPT."""
     return subprocess.run(
-        [*user, str(STANDIN / "apptainer"), "exec", *args[:-1], str(sif), "sh", "-c", args[-1]],
+        [str(STANDIN / "apptainer"), "exec", *args[:-1], str(sif), "sh", "-c", args[-1]],
         env=env,
         capture_output=True,
         text=True,
@@ -215,7 +216,6 @@ def test_apptainer_route_runs_the_sif_as_a_user_and_builds_the_local_model_byte_
         assert files_of(user, scratch) == others_before
         provenance = json.loads((workdir / "results/smoke/provenance.json").read_text())
         assert provenance["container_image"] == f"doctrain:{version}"
-        print("left in the checkout:", sorted(p.name for p in workdir.iterdir()))
     finally:
         shutil.rmtree(scratch)
 
