@@ -117,7 +117,7 @@ def container_environment(host: dict[str, str], cleanenv: bool) -> tuple[dict, d
     for prefix in OVERRIDE_PREFIXES:
         for name, value in host.items():
             key = name.removeprefix(prefix)
-            if name.startswith(prefix) and key and ALWAYS_OMITTED.get(key, True) | (key in PATH_OVERRIDES):
+            if name.startswith(prefix) and key and (ALWAYS_OMITTED.get(key, True) or key in PATH_OVERRIDES):
                 overrides.setdefault(key, value)
     passed = {
         name: value
