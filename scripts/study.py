@@ -10,7 +10,7 @@ differences. The figures are the PyTorch module's, before export; quote the pipe
 of a setting you adopt.
 
     python scripts/study.py --config configs/demo.yaml [--cache-dir results/demo/cache]
-        [--accelerator gpu] [--workers N] [--resamples 1000] --variant "" --variant "loss.m=0.3" ...
+        [--accelerator gpu] [--workers N] [--resamples N] --variant "" --variant "loss.m=0.3" ...
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="overrides, e.g. 'loss.m=0.3'")
     parser.add_argument("--accelerator", help="train on this accelerator instead of the config's (gpu, cpu)")
     parser.add_argument("--workers", type=int, help="loader workers (default: the config's)")
-    parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--resamples", type=int, help="bootstrap draws (default: the config's)")
     args = parser.parse_args()
 
     raw = read_yaml(args.config)
@@ -85,12 +85,13 @@ def main() -> None:
             if args.workers is not None:
                 overrides["data.loader.num_workers"] = args.workers
             source = f"{args.config} --variant {variant!r}"
-            settings = stage_settings(
-                validate_config(with_overrides(raw, overrides, source), source), "train"
-            )
+            config = validate_config(with_overrides(raw, overrides, source), source)
+            settings, evaluation = stage_settings(config, "train"), config["evaluation"]
             started = time.perf_counter()
             result = training.train(settings, cache_dir, Path(work, str(number)), f"variant {number}")
-            figures = score(result["module"], cache, args.resamples, settings["seed"])
+            # The evaluation's resamples and seed: every variant is scored on the same draws.
+            resamples = args.resamples or evaluation["bootstrap_resamples"]
+            figures = score(result["module"], cache, resamples, evaluation["seed"])
             model, lead, base = figures["model"], figures["lead"], figures["baseline"]
             tpr, tpr_lead = model["at_fpr"]["0.01"], lead.get("tpr@0.01")
             table.append(
