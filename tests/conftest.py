@@ -48,6 +48,13 @@ def apt_install(*packages: str) -> None:
     )
 
 
+def install_missing(packages: dict[str, str]) -> None:
+    """The Debian package of each command (command -> package) that is not on PATH."""
+    missing = [package for command, package in packages.items() if not shutil.which(command)]
+    if missing:
+        apt_install(*missing)
+
+
 def snakemake_env(**extra: str) -> dict[str, str]:
     """This environment, with its python first on PATH (the rules call `python -m doctrain`)."""
     env = dict(os.environ, **extra)

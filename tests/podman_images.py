@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from doctrain.container import version
-from tests.conftest import apt_install
+from tests.conftest import install_missing
 
 PACKAGES = {"podman": "podman", "runc": "runc", "debootstrap": "debootstrap"}
 BASE_IMAGE = "localhost/doctrain-test-base:bookworm"
@@ -34,9 +34,7 @@ PIP_SETTINGS = {"find-links": "PIP_FIND_LINKS", "extra-index-url": "PIP_EXTRA_IN
 
 
 def install() -> None:
-    missing = [package for command, package in PACKAGES.items() if not shutil.which(command)]
-    if missing:
-        apt_install(*missing)
+    install_missing(PACKAGES)
 
 
 def environment(config_dir: Path) -> dict[str, str]:

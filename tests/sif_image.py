@@ -13,14 +13,14 @@ import json
 import os
 import pwd
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import ROOT, apt_install
+from tests.apptainer_standin import VARIABLE
+from tests.conftest import ROOT, install_missing
 from tests.podman_images import podman
 
 PACKAGES = {
@@ -31,13 +31,10 @@ PACKAGES = {
     "bwrap": "bubblewrap",
 }
 USER = "doctrain-sif-test"
-VARIABLE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 def install() -> None:
-    missing = [package for command, package in PACKAGES.items() if not shutil.which(command)]
-    if missing:
-        apt_install(*missing)
+    install_missing(PACKAGES)
 
 
 def docker_environment(variables: list[str]) -> str:
