@@ -15,18 +15,26 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from doctrain import augment, images
 from doctrain.cache import Cache
 from doctrain.distributed import RankBatches, RankSlices
+from doctrain.resume import ignore_stop_signals
 
 
 class ClassBalancedSampler(Sampler):
     """Yields (sample row, augmentation seed): a uniformly drawn class, then one of its samples.
-    Drawn with replacement, `num_samples` per epoch; call set_epoch (Lightning does) for new draws."""
+    Drawn with replacement, `num_samples` per epoch; call set_epoch (Lightning does) for new draws.
+    An epoch's draws depend only on (seed, epoch), so a resumed training can start inside one
+    (start_at) and still get the samples the uninterrupted training got."""
 
     def __init__(self, class_ids: np.ndarray, num_samples: int, seed: int):
         self.rows_of_class = [np.flatnonzero(class_ids == c) for c in range(int(class_ids.max()) + 1)]
-        self.num_samples, self.seed, self.epoch = num_samples, seed, 0
+        self.num_samples, self.seed, self.epoch, self.first = num_samples, seed, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        if epoch != self.epoch:
+            self.epoch, self.first = epoch, 0
+
+    def start_at(self, epoch: int, first: int) -> None:
+        """The next iteration yields epoch `epoch`'s draws from its `first`-th on (later epochs whole)."""
+        self.epoch, self.first = epoch, first
 
     def __len__(self) -> int:
         return self.num_samples
@@ -36,7 +44,8 @@ class ClassBalancedSampler(Sampler):
         classes = rng.integers(len(self.rows_of_class), size=self.num_samples)
         picks = rng.random(self.num_samples)
         seeds = rng.integers(2**31 - 1, size=self.num_samples)
-        for cls, pick, seed in zip(classes, picks, seeds, strict=True):
+        first = self.first
+        for cls, pick, seed in zip(classes[first:], picks[first:], seeds[first:], strict=True):
             rows = self.rows_of_class[cls]
             yield int(rows[int(pick * len(rows))]), int(seed)
 
@@ -82,11 +91,12 @@ class ValSamples(Dataset):
         return torch.from_numpy(images.to_input(image)[0]), int(sample["class_id"]), row
 
 
-def _single_threaded_worker(worker_id: int) -> None:
+def _start_worker(worker_id: int) -> None:
     # Each loader worker is one process of many: OpenCV's own thread pool (one thread per core in
     # every worker) oversubscribed a 16-core GPU node. With this and the plain index columns, 16
     # workers went from about 4,900 to 10,000 samples/s there (scripts/bench_gpu.py).
     cv2.setNumThreads(1)
+    ignore_stop_signals()
 
 
 def loaders(cache: Cache, settings: dict, rank: int = 0, world: int = 1) -> tuple[DataLoader, DataLoader]:
@@ -99,7 +109,7 @@ def loaders(cache: Cache, settings: dict, rank: int = 0, world: int = 1) -> tupl
         "pin_memory": loader["pin_memory"] and torch.cuda.is_available(),
         "persistent_workers": loader["persistent_workers"] and workers > 0,
         "prefetch_factor": loader["prefetch_factor"] if workers > 0 else None,
-        "worker_init_fn": _single_threaded_worker if workers > 0 else None,
+        "worker_init_fn": _start_worker if workers > 0 else None,
     }
     train = TrainSamples(cache, settings["augment"])
     sampler = ClassBalancedSampler(

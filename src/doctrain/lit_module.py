@@ -41,6 +41,7 @@ class EmbeddingModule(L.LightningModule):
         if model["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._val_batches: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._epoch_loss: tuple[torch.Tensor, int] = (torch.zeros(()), 0)  # sum and count this epoch
         self.last_val: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
@@ -68,9 +69,28 @@ class EmbeddingModule(L.LightningModule):
         img, labels = batch
         loss = self.margin(self(img), labels)
         # Averaged over the ranks: the loss of the global batch, as one process would log it.
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        self._epoch_loss = (self._epoch_loss[0] + loss.detach(), self._epoch_loss[1] + 1)
         return loss
+
+    # The epoch's mean loss is summed here rather than by Lightning (on_epoch=True), whose running
+    # sums a checkpoint does not carry: an epoch resumed in its middle then averaged only the
+    # batches after the resume.
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss = (torch.zeros((), device=self.device), 0)
+
+    def on_train_epoch_end(self) -> None:
+        total, batches = self._epoch_loss
+        self.log("train/loss_epoch", total / max(1, batches), sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["epoch_loss"] = (float(self._epoch_loss[0]), self._epoch_loss[1])
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "epoch_loss" in checkpoint:  # a published checkpoint has none: it is not resumed
+            total, batches = checkpoint["epoch_loss"]
+            self._epoch_loss = (torch.tensor(total, device=self.device), batches)
 
     def on_validation_epoch_start(self) -> None:
         self._val_batches = []

@@ -10,7 +10,6 @@ import contextlib
 import io
 import logging
 import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -20,6 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from doctrain import _io, plots
 from doctrain.cache import Cache
@@ -31,51 +31,19 @@ from doctrain.errors import UserError
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import roc_points, verification_metrics
 from doctrain.provenance import state_dict_sha256
-
-
-def _loads(checkpoint: Path) -> bool:
-    try:
-        torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception:  # a damaged archive fails in torch's zip reader or in unpickling, variously
-        return False
-    return True
-
-
-def _resumable(work_dir: Path, resume_key: str, prepare: bool = True) -> Path | None:
-    """The last epoch checkpoint of an interrupted run of exactly this training, if there is one
-    and it loads. Anything else in the work folder is stale and is removed, so it cannot be picked
-    as "best"; a damaged checkpoint is set aside beside the folder, and training starts over.
-    Only the rank that `prepare`s the folder changes it; the other ranks of the training come to
-    the same answer by reading it: Lightning's launcher starts them after rank 0 prepared it, and
-    srun's tasks that read it meanwhile find either the same resumable epoch or nothing to resume,
-    as rank 0 decided."""
-    last, key_file = work_dir / "checkpoints" / "last.ckpt", work_dir / "resume-key.txt"
-    if last.exists() and key_file.exists() and key_file.read_text() == resume_key:
-        if _loads(last):
-            return last
-        if not prepare:
-            return None
-        damaged = work_dir.with_name(f"{work_dir.name}.damaged-last.ckpt")
-        shutil.move(last, damaged)
-        print(f"warning: {last} does not load (damaged); set aside as {damaged}; training starts over")
-    if not prepare:
-        return None
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
-    key_file.write_text(resume_key)
-    return None
-
+from doctrain.resume import LAST, ResumePoint, TrainingStopped, resumable, stop_on_signals
 
 # What Lightning and its dependencies print on every run that says nothing about this one: a tip
 # to install a cloud logger, a hint to launch with srun wherever SLURM is installed (the workflow
 # launches the job, with srun where it runs several ranks under SLURM), a deprecation inside
 # Lightning itself, and advice to average validation figures over the ranks (each rank already
-# computes them from every rank's pairs, doctrain.distributed).
+# computes them from every rank's pairs, doctrain.distributed), and a warning that a loader that
+# keeps no state cannot be resumed inside an epoch (doctrain.resume restores the sampler's position).
 NOISE = (
     "The `srun` command is available on your system but is not used",
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"It is recommended to use `self.log\('val/",
+    "You're resuming from a checkpoint that ended before the epoch ended",
 )
 TIPS = "💡 Tip:"
 
@@ -169,9 +137,9 @@ def _fit(
     other than 0).
 
     Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
-    outputs), so a rerun with the same `resume_key` (settings, code, input) resumes from the last
-    epoch Lightning saved (its last.ckpt follows the top-k saves, so later epochs may be repeated);
-    everything training draws is seeded per epoch, so it ends at the same weights."""
+    outputs), so a rerun with the same `resume_key` (settings, code, input) continues from the
+    resume point (doctrain.resume: the start of the epoch in progress, or the batch where a stop
+    signal arrived); everything training draws is seeded per epoch, so it ends at the same weights."""
     work_dir = Path(work_dir)
     trainer_cfg, data = settings["trainer"], settings["data"]
     processes = ranks(trainer_cfg)
@@ -180,13 +148,13 @@ def _fit(
     if trainer_cfg["accelerator"] != "cpu":
         claim_gpu(f"{name}: train", trainer_cfg["devices"])  # before anything initialises CUDA
     steps_per_epoch = data["samples_per_epoch"] // data["batch_size"]
+    log_csv = work_dir / "log" / "metrics.csv"
     best = ModelCheckpoint(
         dirpath=work_dir / "checkpoints",
         filename="epoch{epoch:03d}",
         monitor="val/auroc",
         mode="max",
         save_top_k=trainer_cfg["save_top_k"],
-        save_last=True,
         auto_insert_metric_name=False,
     )
     trainer = L.Trainer(
@@ -209,9 +177,13 @@ def _fit(
         enable_model_summary=False,
         default_root_dir=work_dir,
     )
-    resume_from = _resumable(work_dir, resume_key, prepare=trainer.is_global_zero)
+    resume_from = resumable(work_dir, resume_key, prepare=trainer.is_global_zero)
     cache = Cache(cache_dir)
     train_loader, val_loader = loaders(cache, settings, trainer.global_rank, trainer.world_size)
+    resume_point = ResumePoint(
+        work_dir / "checkpoints" / LAST, train_loader.batch_sampler.sampler, data["batch_size"], log_csv
+    )
+    trainer.callbacks.append(resume_point)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
     # Seeded after the Trainer is built, so nothing its strategy's set-up might draw can shift the
     # initial weights.
@@ -219,19 +191,24 @@ def _fit(
     module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch)
     if init_from:
         start_from(module, init_from, report=trainer.is_global_zero)
-    samples = settings["schedule"]["epochs"] * steps_per_epoch * data["batch_size"]
-    if trainer.is_global_zero:
-        if trainer.strategy.root_device.type == "cpu":
-            _warn_if_long_on_a_cpu(samples, cache.image_size)
-        if resume_from:
-            print(f"resuming from {resume_from} (a previous run of this training was interrupted)")
+    if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu":
+        _warn_if_long_on_a_cpu(settings["schedule"]["epochs"] * data["samples_per_epoch"], cache.image_size)
     started = time.perf_counter()
     # Rank 0 writes the checkpoints; the other ranks leave the work folder alone (under srun they
     # start beside rank 0 while it prepares the folder).
     writes = _temporary_files_in(work_dir / "tmp") if trainer.is_global_zero else contextlib.nullcontext()
-    with writes:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
+    stop_on_signals()
+    try:
+        with writes:
+            trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
+    except SIGTERMException:
+        raise TrainingStopped(
+            f"{name}: training stopped by a signal after batch {resume_point.batches} of epoch "
+            f"{resume_point.epoch}; its state is saved in {resume_point.path}, and a rerun continues "
+            "from there"
+        ) from None
     seconds = time.perf_counter() - started
+    samples = resume_point.batches_this_process * data["batch_size"]
 
     selected = EmbeddingModule.load_from_checkpoint(best.best_model_path, map_location="cpu", strict=True)
     trainer.validate(selected, val_loader, verbose=False)
@@ -251,14 +228,18 @@ def _fit(
         "roc": roc_points(scores, same),
         "train": {
             "seconds": round(seconds, 1),
+            # What this process trained: a resumed training counts from where it resumed.
             "samples": samples,
             "samples_per_s": round(samples / seconds, 1),
+            "resumed_at": dict(zip(("epoch", "batch"), resume_point.resumed_at, strict=True))
+            if resume_point.resumed_at
+            else None,
             "device": str(trainer.strategy.root_device),
             "ranks": trainer.world_size,
             "accelerator": trainer.accelerator.__class__.__name__,
             "classes": num_classes,
         },
-        "log_csv": work_dir / "log" / "metrics.csv",
+        "log": resume_point,
     }
 
 
@@ -327,7 +308,7 @@ def run_stage(
         "state_dict_sha256": result["state_dict_sha256"],
     }
     save_checkpoint(result["module"], checkpoint, selection)
-    shutil.copyfile(result["log_csv"], log_csv)
+    result["log"].write_log(Path(log_csv))
     plots.roc_curves({"val, pairs within batches": (result["roc"], result["val"])}, name, roc_png)
     plots.training_curves(log_csv, name, curves_png)
     _io.write_json_atomic(
