@@ -288,10 +288,12 @@ def stage_params(stage, stage_settings=None):
 
 # Every stage's command is this one line, filled in from the job's params: a shell line that named
 # the `stage` of the loop in rules/stages.smk would be read when the job runs, and name the loop's
-# last stage. The arguments are quoted by stage_params.
+# last stage. The arguments are quoted by stage_params. The log's tee ignores the stop signals
+# that SLURM sends to every process of a job: a training told to stop saves where it is and says
+# so (doctrain.resume), and a tee that died first would break its output mid-save.
 STAGE_SHELL = (
     "OMP_NUM_THREADS={threads} python -m doctrain {params.stage} --settings {params.settings:q}"
-    " {params.arguments} 2>&1 | tee {log:q}"
+    " {params.arguments} 2>&1 | (trap '' TERM USR1; exec tee {log:q})"
 )
 
 

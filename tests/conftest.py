@@ -127,10 +127,32 @@ TWO_RANK_SWEEP = {
 }
 
 
-def write_two_rank_sweep(workdir: Path) -> None:
+# A training that a stop can land inside of (tests/test_resume.py, the SLURM resume tests): a sweep
+# point of the smoke experiment with one persistent loader worker (the demo's and every GPU
+# config's kind of loader, where Lightning's own resume replays epoch 0), 3 epochs of 32 batches,
+# and a loss and rate under which validation picks epoch 1, so the compared weights are ones a
+# resume trained.
+RESUMABLE = "resume.num_workers-1"
+RESUMABLE_EPOCHS, RESUMABLE_BATCHES = 3, 32
+RESUMABLE_SWEEP = {
+    "base": "smoke",
+    "set": {
+        "data.samples_per_epoch": RESUMABLE_BATCHES * 32,
+        "schedule.epochs": RESUMABLE_EPOCHS,
+        "data.loader.persistent_workers": True,
+        "data.loader.prefetch_factor": 2,
+        "loss.s": 16.0,
+        "loss.m": 0.1,
+        "optimizer.lr": 1.0e-3,
+    },
+    "grid": {"data.loader.num_workers": [1]},
+}
+
+
+def write_sweep(workdir: Path, name: str, sweep: dict) -> None:
     import yaml
 
-    (workdir / "configs" / "sweeps" / "ranks.yaml").write_text(yaml.safe_dump(TWO_RANK_SWEEP))
+    (workdir / "configs" / "sweeps" / f"{name}.yaml").write_text(yaml.safe_dump(sweep))
 
 
 @pytest.fixture(scope="session")
@@ -153,8 +175,18 @@ def state_sha(workdir: Path, exp: str = TWO_RANKS) -> str:
 def two_ranks(built, tmp_path_factory) -> Path:
     """The smoke build plus one training as two CPU ranks, trained locally (its data is smoke's)."""
     workdir = Path(shutil.copytree(built, tmp_path_factory.mktemp("ranks") / "doctrain", symlinks=True))
-    write_two_rank_sweep(workdir)
+    write_sweep(workdir, "ranks", TWO_RANK_SWEEP)
     result = snakemake(workdir, f"results/{TWO_RANKS}/model.stamp.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def resumable(built, tmp_path_factory) -> Path:
+    """The smoke build plus RESUMABLE's uninterrupted training, trained locally (on smoke's data)."""
+    workdir = Path(shutil.copytree(built, tmp_path_factory.mktemp("resumable") / "doctrain", symlinks=True))
+    write_sweep(workdir, "resume", RESUMABLE_SWEEP)
+    result = snakemake(workdir, f"results/{RESUMABLE}/model.stamp.json")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir
 

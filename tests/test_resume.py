@@ -1,7 +1,8 @@
 """A stopped training continues to the weights and the whole log of the uninterrupted one
 (doctrain.resume), with a persistent loader worker: killed (-9) early in an epoch and in its middle,
-and stopped by SIGTERM in its middle. The trainings run as processes of their own on the smoke
-build's cache; the SLURM routes (a requeued job, a signalled one) are in test_slurm.py."""
+stopped by SIGTERM in its middle and at its end. The stopped trainings run as processes of their own on the
+smoke build's cache, and are compared with the same training built uninterrupted by Snakemake; the
+SLURM routes (a requeued job, a signalled one) are in test_slurm.py."""
 
 from __future__ import annotations
 
@@ -18,10 +19,8 @@ from pathlib import Path
 import pytest
 
 from doctrain import resume
+from tests.conftest import RESUMABLE, RESUMABLE_BATCHES, RESUMABLE_EPOCHS, state_sha
 
-# One persistent loader worker (the demo's and every GPU config's kind of loader, where Lightning's
-# own resume replays epoch 0) and epochs of 32 batches, so a stop can land inside one.
-EPOCHS, BATCHES = 3, 32
 RUN = """
 import json, sys
 from pathlib import Path
@@ -34,19 +33,14 @@ print("RESULT", json.dumps({key: result[key] for key in ("state_dict_sha256", "s
 
 
 @pytest.fixture(scope="module")
-def settings_file(built, tmp_path_factory) -> Path:
-    from doctrain.config import load_config
+def settings_file(resumable, tmp_path_factory) -> Path:
+    """RESUMABLE's training settings, as its Snakemake job gets them."""
+    from doctrain import experiments
     from doctrain.fingerprint import stage_settings
 
-    settings = stage_settings(load_config(built / "configs" / "smoke.yaml"), "train")
-    settings["data"]["loader"].update(num_workers=1, persistent_workers=True, prefetch_factor=2)
-    settings["data"]["samples_per_epoch"] = BATCHES * settings["data"]["batch_size"]
-    settings["schedule"]["epochs"] = EPOCHS
-    # Settings under which validation picks epoch 1, so the compared weights are ones a resume trained.
-    settings["loss"].update(s=16.0, m=0.1)
-    settings["optimizer"]["lr"] = 1.0e-3
+    config = experiments.find(resumable / "configs").configs[RESUMABLE]
     path = tmp_path_factory.mktemp("resume") / "settings.json"
-    path.write_text(json.dumps(settings))
+    path.write_text(json.dumps(stage_settings(config, "train")))
     return path
 
 
@@ -79,51 +73,44 @@ def train(settings_file: Path, cache: Path, work: Path, stop: tuple[int, int] | 
     return process.returncode, text, json.loads(found.group(1)) if found else None
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(built, settings_file, tmp_path_factory):
-    work = tmp_path_factory.mktemp("uninterrupted") / "train"
-    status, text, result = train(settings_file, built / "results/smoke/cache", work)
-    assert status == 0, text[-3000:]
-    assert result["selected_epoch"] >= 1, result
-    return result, (work / "published_log.csv").read_text()
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "signum, percent, resumes_inside",
+    "signum, percent",
     [
-        (signal.SIGKILL, 10, False),  # early in epoch 1: back to its first batch
-        (signal.SIGKILL, 60, False),  # in its middle: back to its first batch too
-        (signal.SIGTERM, 50, True),  # in its middle: saved there, resumed there
+        (signal.SIGKILL, 10),  # early in epoch 1: back to the point after its first batch
+        (signal.SIGKILL, 60),  # in its middle: back there too
+        (signal.SIGTERM, 47),  # in its middle (often on batch 16, whose log row comes after the hooks)
+        (signal.SIGTERM, 97),  # at its end (often after it: the point is the next epoch's start)
     ],
-    ids=["kill-9-early-in-an-epoch", "kill-9-mid-epoch", "sigterm-mid-epoch"],
+    ids=["kill-9-early-in-an-epoch", "kill-9-mid-epoch", "sigterm-mid-epoch", "sigterm-at-an-epochs-end"],
 )
 def test_a_stopped_training_resumes_to_the_uninterrupted_weights_and_log(
-    built, settings_file, uninterrupted, tmp_path, signum, percent, resumes_inside
+    resumable, settings_file, tmp_path, signum, percent
 ):
-    work, cache = tmp_path / "train", built / "results/smoke/cache"
-    status, text, _ = train(settings_file, cache, work, stop=(signum, percent))
-    assert status == (-signal.SIGKILL if signum == signal.SIGKILL else 1), text[-3000:]
+    work, cache = tmp_path / "train", resumable / "results/smoke/cache"
+    status, first_run, _ = train(settings_file, cache, work, stop=(signum, percent))
+    assert status == (-signal.SIGKILL if signum == signal.SIGKILL else 1), first_run[-3000:]
     assert not list(work.glob("published_log.csv"))
-    if signum == signal.SIGTERM:
-        stopped = re.search(
-            r"training stopped by a signal after batch (\d+) of epoch 1; its state is saved", text
-        )
-        assert stopped, text[-3000:]
     status, text, result = train(settings_file, cache, work)
     assert status == 0, text[-3000:]
-    resumed = re.search(r"resuming from .*last\.ckpt at batch (\d+) of epoch 1 ", text)
+    resumed = re.search(r"resuming from .*last\.ckpt at batch (\d+) of epoch (\d+) ", text)
     assert resumed, text[-3000:]
-    batch = int(resumed.group(1))
-    if resumes_inside:
-        assert batch == int(stopped.group(1)) and 1 < batch < BATCHES
-    else:
-        assert batch == 1  # the resume point written after each epoch's first batch
-    assert result["train"]["resumed_at"] == {"epoch": 1, "batch": batch}
-    assert result["train"]["samples"] == ((EPOCHS - 1) * BATCHES - batch) * 32
-    expected, log = uninterrupted
-    assert result["state_dict_sha256"] == expected["state_dict_sha256"]
-    assert (work / "published_log.csv").read_text() == log  # every step's and every epoch's row
+    batch, epoch = int(resumed.group(1)), int(resumed.group(2))
+    if signum == signal.SIGKILL:
+        assert (epoch, batch) == (1, 1)  # the point written after each epoch's first batch
+    else:  # saved where the signal stopped it
+        stopped = re.search(
+            r"stopped by a signal after batch (\d+) of epoch (\d+); its state is saved", first_run
+        )
+        assert stopped and (batch, epoch) == (int(stopped.group(1)), int(stopped.group(2))), first_run[-3000:]
+    assert result["train"]["resumed_at"] == {"epoch": epoch, "batch": batch}
+    done = epoch * RESUMABLE_BATCHES + batch
+    assert result["train"]["samples"] == (RESUMABLE_EPOCHS * RESUMABLE_BATCHES - done) * 32
+    # The uninterrupted training, as Snakemake published it.
+    assert result["selected_epoch"] >= 1
+    assert result["state_dict_sha256"] == state_sha(resumable, RESUMABLE)
+    published = (resumable / f"results/{RESUMABLE}/train_log.csv").read_text()
+    assert (work / "published_log.csv").read_text() == published  # every step's and every epoch's row
 
 
 def test_only_a_checkpoint_that_does_not_load_is_damage(tmp_path, monkeypatch):

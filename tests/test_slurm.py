@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -10,9 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.conftest import (
+    RESUMABLE,
+    RESUMABLE_SWEEP,
     SNAKEMAKE,
     TARGET,
     TWO_RANKS,
@@ -20,6 +20,7 @@ from tests.conftest import (
     snakemake,
     snakemake_env,
     state_sha,
+    write_sweep,
 )
 from tests.slurm_cluster import ON_SLURM, on_slurm, sacct
 
@@ -58,64 +59,81 @@ def test_a_failing_step_is_reported_and_a_rerun_completes(cluster, tmp_path):
     assert (workdir / validated).exists()
 
 
-def _longer_training(workdir: Path) -> None:
-    path = workdir / "configs" / "smoke.yaml"
-    config = yaml.safe_load(path.read_text())
-    config["data"]["samples_per_epoch"] = 4096  # 128 steps an epoch: past a minute in all
-    config["schedule"]["epochs"] = 8
-    path.write_text(yaml.safe_dump(config))
-
-
-def test_a_killed_training_job_resumes_and_ends_at_the_same_model(cluster, tmp_path):
-    reference = copy_workflow(tmp_path / "reference")
-    _longer_training(reference)
-    # The uninterrupted run, locally and meanwhile (each training uses one thread of the two).
-    uninterrupted = subprocess.Popen(
-        [*SNAKEMAKE, TARGET],
-        cwd=reference,
-        env=snakemake_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    workdir = copy_workflow(tmp_path / "doctrain")
-    _longer_training(workdir)
+def _stop_the_training_job(cluster, workdir: Path, how: tuple[str, ...], retries: str) -> tuple[str, str]:
+    """Train RESUMABLE on SLURM (a copy of the smoke build: only the training runs), and once its
+    log shows epoch 1 under way, `scontrol`/`scancel` its job with `how` + the job's id. Returns the
+    job's id and Snakemake's output; asserts that Snakemake ended well."""
+    write_sweep(workdir, "resume", RESUMABLE_SWEEP)
     run = subprocess.Popen(
-        [*SNAKEMAKE, *ON_SLURM, "--retries", "0", TARGET],
+        [
+            *SNAKEMAKE,
+            *ON_SLURM,
+            "--latency-wait",
+            "5",
+            "--retries",
+            retries,
+            f"results/{RESUMABLE}/model.stamp.json",
+        ],
         cwd=workdir,
         env=snakemake_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    checkpoints = workdir / "results/smoke/work/train/checkpoints"
-    deadline = time.monotonic() + 300
-    while not (checkpoints / "last.ckpt").exists():
-        assert time.monotonic() < deadline and run.poll() is None, "training never saved an epoch"
-        time.sleep(0.5)
+    log, deadline = workdir / f"results/{RESUMABLE}/logs/train.log", time.monotonic() + 300
+    while not (log.exists() and re.search(r"Epoch 1:\s+[4-9]\d%", log.read_text(errors="replace"))):
+        assert time.monotonic() < deadline and run.poll() is None, "the training never reached epoch 1"
+        time.sleep(0.2)
     queue = cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%i %k").stdout.split("\n")
     job = next(line.split()[0] for line in queue if "rule_train" in line)
-    # The scheduler kills it at a one-minute time limit (state TIMEOUT). A plain `scancel` would
-    # do the same to the job, but snakemake-executor-plugin-slurm 2.8.0 misses the resulting state
-    # 'CANCELLED by UID' and waits for the job forever.
-    cluster.run("scontrol", "update", f"JobId={job}", "TimeLimit=1")
+    cluster.run(*how, job)
+    if how[1] == "requeue":
+        # SLURM holds a requeued job for two minutes before it may start again; not the test's point.
+        while cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() != "PENDING":
+            assert run.poll() is None, "the requeued job never waited to start again"
+            time.sleep(0.2)
+        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     output, _ = run.communicate(timeout=400)
-    assert run.returncode != 0, output[-3000:]
-    for name in ("model.ckpt", "model.stamp.json", "metrics.json"):
-        assert not (workdir / "results/smoke" / name).exists()
-    assert not list((workdir / "results/smoke").glob(".*.partial"))
-    resumed = on_slurm(cluster, workdir, TARGET)
-    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
-    log = (workdir / "results/smoke/logs/train.log").read_text()
-    assert "resuming from" in log
-    output, _ = uninterrupted.communicate(timeout=600)
-    assert uninterrupted.returncode == 0, output[-3000:]
-    digests = [
-        json.loads((d / "results/smoke/provenance.json").read_text())["state_dict_sha256"]
-        for d in (reference, workdir)
+    assert run.returncode == 0, output[-4000:]
+    return job, output
+
+
+def _resumed_where_it_stopped_to_the_local_weights(workdir: Path, resumable: Path) -> None:
+    log = (workdir / f"results/{RESUMABLE}/logs/train.log").read_text(errors="replace")
+    resumed = re.search(r"resuming from .*last\.ckpt at batch (\d+) of epoch (\d+) ", log)
+    # Past the point written after epoch 1's first batch: saved where the signal stopped it.
+    assert resumed and (int(resumed.group(2)), int(resumed.group(1))) > (1, 1), log[-3000:]
+    assert state_sha(workdir, RESUMABLE) == state_sha(resumable, RESUMABLE)
+    train_log = f"results/{RESUMABLE}/train_log.csv"
+    assert (workdir / train_log).read_bytes() == (resumable / train_log).read_bytes()
+
+
+def test_a_requeued_training_job_continues_inside_its_epoch_to_the_uninterrupted_weights(
+    cluster, built, resumable, tmp_path
+):
+    """What SLURM does to a job it preempts with PreemptMode=REQUEUE, or an admin's requeue: SIGTERM
+    to every process, then the same job from its start. The training saves after the batch in
+    progress; the job's second start continues there, and Snakemake sees one job that completed."""
+    workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
+    job, output = _stop_the_training_job(cluster, workdir, ("scontrol", "requeue"), retries="0")
+    shown = cluster.run("scontrol", "show", "job", job).stdout
+    assert "Restarts=1" in shown and "JobState=COMPLETED" in shown, shown
+    _resumed_where_it_stopped_to_the_local_weights(workdir, resumable)
+
+
+def test_a_signalled_training_job_saves_and_its_retry_continues_to_the_uninterrupted_weights(
+    cluster, built, resumable, tmp_path
+):
+    """What `--signal=USR1@SECONDS` (profiles/slurm) does before a time limit, sent at once: the
+    training saves after the batch in progress and fails; Snakemake's retry continues there."""
+    workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
+    job, output = _stop_the_training_job(cluster, workdir, ("scancel", "--signal=USR1"), retries="1")
+    trainings = [
+        j for j in sacct(cluster) if j["comment"].startswith("rule_train") and RESUMABLE in j["comment"]
     ]
-    assert digests[0] == digests[1]
-    assert (workdir / TARGET).read_bytes() == (reference / TARGET).read_bytes()
+    assert [j["state"] for j in trainings][-2:] == ["FAILED", "COMPLETED"], trainings
+    assert trainings[-2]["id"] == job
+    _resumed_where_it_stopped_to_the_local_weights(workdir, resumable)
 
 
 def test_two_ranks_train_as_one_job_of_two_srun_tasks_to_the_local_weights(cluster, two_ranks, tmp_path):

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from doctrain import _io
 from doctrain.errors import UserError
@@ -48,8 +49,8 @@ class TrainingStopped(UserError):
 
 
 class ResumePoint(Callback):
-    """Saves the training's whole state to `path` at each epoch's start and when a stop signal
-    arrives; restores the sampler's position and the earlier log from it (see the module's text)."""
+    """Saves the training's whole state to `path` after each epoch's first batch and when a stop
+    signal arrives; restores the sampler's position and the earlier log from it (see the module's text)."""
 
     def __init__(self, path: Path, sampler: ClassBalancedSampler, batch_size: int, log_csv: Path):
         self.path, self.sampler, self.batch_size = Path(path), sampler, batch_size
@@ -58,6 +59,7 @@ class ResumePoint(Callback):
         self.earlier_log: list[dict[str, str]] = []
         self.resumed_at: tuple[int, int] | None = None
         self.batches_this_process = 0
+        self.stopped = False  # saved here on a stop signal
 
     # What Lightning stores with the checkpoint (and hands back to load_state_dict on resume).
     def state_dict(self) -> dict:
@@ -77,10 +79,21 @@ class ResumePoint(Callback):
         self.batches_this_process += 1
         # After each epoch's first batch rather than at its start: Lightning 2.6 resumes the state
         # after a training batch exactly, while a checkpoint from an epoch's start resumes with the
-        # previous epoch's batch count and skips the epoch (measured). Lightning's SIGTERM handler
-        # sets the flag (stop_on_signals turns SIGUSR1 into SIGTERM) and stops right after this hook.
-        if self.batches == 1 or trainer.received_sigterm:
+        # previous epoch's batch count and skips the epoch (measured). The batch's own log row is
+        # written after this hook, so training.log_every keeps log rows off an epoch's first batch.
+        if self.batches == 1 and trainer.num_training_batches > 1:  # else it is the epoch's end
             self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epoch, self.batches = trainer.current_epoch + 1, 0
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # Lightning's SIGTERM handler (stop_on_signals turns SIGUSR1 into SIGTERM) lets the batch in
+        # progress finish, log and validate where due, then raises this. Inside validation nothing
+        # is saved: the epoch's scores so far are not part of any state, so the earlier point stands.
+        if isinstance(exception, SIGTERMException) and not trainer.validating:
+            self._save(trainer)
+            self.stopped = True
 
     def _save(self, trainer) -> None:
         if trainer.logger is not None:

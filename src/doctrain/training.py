@@ -113,6 +113,15 @@ def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
         )
 
 
+def log_every(steps_per_epoch: int) -> int:
+    """Log every n steps, about four times an epoch and at least every 50 steps, with n dividing
+    the epoch, so that no log row falls on an epoch's first batch: the resume point is taken there,
+    before Lightning writes that batch's row (doctrain.resume), and a resumed run would not write it."""
+    wanted = max(1, min(50, steps_per_epoch // 4))
+    every = max(n for n in range(1, wanted + 1) if steps_per_epoch % n == 0)
+    return steps_per_epoch if every == 1 else every
+
+
 def _set_threads(trainer_settings: dict) -> None:
     """trainer.threads per process where the config pins them; else the job's threads
     (OMP_NUM_THREADS, what Snakemake granted) shared by the ranks on this node. Pinned, they are
@@ -172,7 +181,7 @@ def _fit(
         logger=CSVLogger(work_dir, name="log", version=""),
         callbacks=[best, TQDMProgressBar(refresh_rate=max(1, steps_per_epoch // 20))],
         num_sanity_val_steps=0,
-        log_every_n_steps=max(1, min(50, steps_per_epoch // 4)),
+        log_every_n_steps=log_every(steps_per_epoch),
         use_distributed_sampler=False,  # doctrain.distributed shares the batches
         enable_model_summary=False,
         default_root_dir=work_dir,
@@ -202,11 +211,13 @@ def _fit(
         with writes:
             trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     except SIGTERMException:
-        raise TrainingStopped(
-            f"{name}: training stopped by a signal after batch {resume_point.batches} of epoch "
-            f"{resume_point.epoch}; its state is saved in {resume_point.path}, and a rerun continues "
-            "from there"
-        ) from None
+        where = f"after batch {resume_point.batches} of epoch {resume_point.epoch}"
+        saved = (
+            f"its state is saved in {resume_point.path}, and a rerun continues from there"
+            if resume_point.stopped
+            else f"it was validating; a rerun continues from {resume_point.path}, saved earlier"
+        )
+        raise TrainingStopped(f"{name}: training stopped by a signal {where}; {saved}") from None
     seconds = time.perf_counter() - started
     samples = resume_point.batches_this_process * data["batch_size"]
 
