@@ -102,3 +102,15 @@ def test_top1_agreement_counts_swapped_neighbours():
     swapped = same[[0, 2, 1, 3]]  # rows 1 and 2 trade places: their nearest neighbours change
     assert top1_agreement(same, same) == 1.0
     assert top1_agreement(same, swapped) < 1.0
+
+
+def test_help_runs_for_doctrain_and_every_subcommand(capsys):
+    from doctrain.cli import parser
+
+    commands = [[]] + [[name] for name in parser()._subparsers._group_actions[0].choices]
+    commands += [["manifest", "build"], ["manifest", "check"]]
+    for command in commands:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        assert done.value.code == 0, command
+        assert "usage: doctrain" in capsys.readouterr().out

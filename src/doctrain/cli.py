@@ -186,7 +186,10 @@ def parser() -> argparse.ArgumentParser:
 
     for stage in PIPELINE:
         cmd = sub.add_parser(
-            stage.name, help=stage.help, description=f"{stage.help} (options show the workflow's paths)"
+            # argparse %-formats help texts: a stage's "95 %" would break `doctrain --help`.
+            stage.name,
+            help=stage.help.replace("%", "%%"),
+            description=f"{stage.help} (options show the workflow's paths)",
         )
         source = cmd.add_mutually_exclusive_group()
         source.add_argument("--config", help="experiment config (configs/NAME.yaml)")
