@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 
 import cv2
+import numpy as np
 
 # albumentations otherwise asks the network for a newer release at import time.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -57,3 +59,12 @@ def build(settings: dict) -> A.Compose | None:
         p=settings["colour_p"],
     )
     return A.Compose([geometric, degradation, colour])
+
+
+def seeded(pipeline: A.Compose, seed: int) -> A.Compose:
+    """`pipeline` set to draw one sample's augmentation from `seed`: one numpy and one Python
+    generator, shared down the pipeline, so each block draws in turn and fires at its own p,
+    independently of the others. (albumentations' `set_random_seed` gives every block a generator
+    of the same seed: the blocks then make the same first draw, and fire together or not at all.)"""
+    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
+    return pipeline

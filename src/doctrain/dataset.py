@@ -67,8 +67,7 @@ class TrainSamples(Dataset):
         row, seed = key
         image = self.cache.sample(int(self.image[row]), int(self.variant[row]))
         if self.augment is not None:
-            self.augment.set_random_seed(seed)
-            image = self.augment(image=image)["image"]
+            image = augment.seeded(self.augment, seed)(image=image)["image"]
         return torch.from_numpy(images.to_input(image)[0]), int(self.class_id[row])
 
 
