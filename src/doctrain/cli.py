@@ -133,7 +133,8 @@ def _status(args: argparse.Namespace) -> int:
         problems = integrity.status(name, found.configs[name], cache, found.owner(name))
         stale += bool(problems)
         answer = "; ".join(problems) if problems else f"current: results/{name}.onnx is what it builds"
-        print(f"{name}: {answer}")
+        elsewhere = integrity.built_elsewhere(name)
+        print(f"{name}: {answer}" + (f" ({elsewhere})" if elsewhere else ""))
     cache.save()
     return 1 if stale else 0
 

@@ -129,13 +129,15 @@ def run_stage(
 ) -> None:
     module = load_trained(checkpoint)
     train_facts = json.loads(Path(train_stamp).read_text())
-    val = json.loads(Path(metrics).read_text())["val"]
+    trained = json.loads(Path(metrics).read_text())
+    val = trained["val"]
     metadata = contract_metadata(settings, module.embed_dim, name)
     metadata.update(lineage)
     metadata.update(
         {
             "dataset_sha256": json.loads(Path(validation_report).read_text())["dataset_sha256"],
             "state_dict_sha256": train_facts["state_dict_sha256"],
+            "kernels": trained["train"]["kernels"],
             "versions": provenance.software_versions(),
             "operating_point": operating_point(val, settings["operating_point"]["fpr"]),
         }

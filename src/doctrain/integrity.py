@@ -181,6 +181,34 @@ def status(exp: str, config: dict, cache: HashCache, owner: str | None = None) -
     return problems + _data_changed(owner or exp, config, cache)
 
 
+def built_elsewhere(exp: str) -> str | None:
+    """A sentence when results/{exp}.onnx was trained on another kernel path than this machine
+    offers (another CPU or GPU model): what the inputs build here may then be other weights. Said,
+    not a reason to rebuild."""
+    import onnx
+    import torch
+
+    from doctrain.onnx_model import from_metadata
+    from doctrain.provenance import cpu_model
+
+    try:
+        model = onnx.load(PUBLISHED.format(exp=exp), load_external_data=False)
+    except Exception:  # missing or damaged: status says so
+        return None
+    kernels = from_metadata({p.key: p.value for p in model.metadata_props}).get("kernels")
+    if not kernels:
+        return None
+    if kernels["device"] == "cuda":
+        here = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+        there = kernels["gpu"]
+    else:
+        here, there = cpu_model(), kernels["cpu"]
+    if here == there:
+        return None
+    isa = f", {kernels['cpu_isa']} kernels" if kernels["device"] == "cpu" else ""
+    return f"built elsewhere: trained on {there}{isa}, {kernels['threads']} threads; this machine has {here}"
+
+
 def _data_changed(exp: str, config: dict, cache: HashCache) -> list[str]:
     from doctrain.fingerprint import dataset_fingerprint
 

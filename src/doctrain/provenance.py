@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import platform
 import subprocess
 from pathlib import Path
 
@@ -46,6 +47,34 @@ def git_commit(checkout: str | Path = CHECKOUT) -> str | None:
         return git("rev-parse", "HEAD")
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def kernel_path(device: torch.device) -> dict:
+    """What a training's arithmetic ran on. torch (ATen) and oneDNN pick their kernels by the CPU's
+    instruction set, and the thread count sets the order of sums: the same inputs give other
+    weights on another kernel path (training.pin_cpu_kernels narrows it on the CPU)."""
+    path = {
+        "device": device.type,
+        "cpu": cpu_model(),
+        "cpu_isa": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        path["gpu"] = torch.cuda.get_device_name(device)
+        path.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+    return path
 
 
 def container_image() -> str | None:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import os
+import platform
 import tempfile
 import time
 import warnings
@@ -30,7 +31,7 @@ from doctrain.distributed import start_ranks, wait_for_other_ranks
 from doctrain.errors import UserError
 from doctrain.lit_module import EmbeddingModule
 from doctrain.metrics import roc_points, verification_metrics
-from doctrain.provenance import state_dict_sha256
+from doctrain.provenance import kernel_path, state_dict_sha256
 from doctrain.resume import LAST, ResumePoint, TrainingStopped, resumable, stop_on_signals
 
 # What Lightning and its dependencies print on every run that says nothing about this one: a tip
@@ -122,6 +123,26 @@ def log_every(steps_per_epoch: int) -> int:
     return steps_per_epoch if every == 1 else every
 
 
+X86_64 = ("x86_64", "AMD64")
+# What torch and oneDNN read, once, when they first choose a kernel.
+KERNEL_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
+def pin_cpu_kernels(trainer_settings: dict) -> None:
+    """trainer.cpu_kernels for a deterministic CPU training: the instruction set torch and oneDNN
+    may use (README, "The same model on every machine"). Set in this process's environment before
+    its first kernel runs, so ranks and srun's tasks started from it inherit it."""
+    caps = KERNEL_CAPS.get(trainer_settings["cpu_kernels"])
+    if not (caps and trainer_settings["deterministic"] and trainer_settings["accelerator"] == "cpu"):
+        return
+    if platform.machine() not in X86_64:
+        return
+    os.environ.update(caps)
+    chosen = torch.backends.cpu.get_cpu_capability()
+    if chosen != caps["ATEN_CPU_CAPABILITY"].upper():
+        raise RuntimeError(f"torch chose its CPU kernels ({chosen}) before they could be pinned")
+
+
 def _set_threads(trainer_settings: dict) -> None:
     """trainer.threads per process where the config pins them; else the job's threads
     (OMP_NUM_THREADS, what Snakemake granted) shared by the ranks on this node. Pinned, they are
@@ -152,6 +173,7 @@ def _fit(
     work_dir = Path(work_dir)
     trainer_cfg, data = settings["trainer"], settings["data"]
     processes = ranks(trainer_cfg)
+    pin_cpu_kernels(trainer_cfg)
     start_ranks(trainer_cfg)
     _set_threads(trainer_cfg)
     if trainer_cfg["accelerator"] != "cpu":
@@ -246,6 +268,7 @@ def _fit(
             if resume_point.resumed_at
             else None,
             "device": str(trainer.strategy.root_device),
+            "kernels": kernel_path(trainer.strategy.root_device),
             "ranks": trainer.world_size,
             "accelerator": trainer.accelerator.__class__.__name__,
             "classes": num_classes,
