@@ -98,7 +98,7 @@ class ResumePoint(Callback):
     def _save(self, trainer) -> None:
         if trainer.logger is not None:
             trainer.logger.save()  # the CSV on disk holds every row logged so far
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to continue from
 
     def _this_log(self) -> list[dict[str, str]]:
         if not self.log_csv.exists():
