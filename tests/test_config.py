@@ -20,8 +20,11 @@ def test_unknown_key_is_named_with_its_path():
 
 def test_wrong_type_is_named_with_its_path():
     # PyYAML reads 1e-3 (no dot) as a string: the schema must catch it.
-    with pytest.raises(UserError, match=r"optimizer\.lr: '1e-3' is not of type 'number'"):
-        validate_config(yaml.safe_load("optimizer: {lr: 1e-3}"))
+    with pytest.raises(
+        UserError,
+        match=r"optimizer\.lr: '6e-3' is not of type 'number' \(YAML reads 6e-3 as text; write 6.0e-3\)",
+    ):
+        validate_config(yaml.safe_load("optimizer: {lr: 6e-3}"))
 
 
 def test_onnx_shape_must_match_image_size():

@@ -72,13 +72,28 @@ def _non_finite(value: Any, path: str = "") -> list[str]:
     return []
 
 
+def _number_hint(error: jsonschema.ValidationError) -> str:
+    """YAML 1.1 (PyYAML) reads 6e-3, without a dot, as text: say how to write the number."""
+    value = error.instance
+    if error.validator != "type" or "number" not in str(error.validator_value) or not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    mantissa, _, exponent = value.lower().partition("e")
+    if not exponent or "." in mantissa:
+        return ""
+    return f" (YAML reads {value} as text; write {mantissa}.0e{exponent})"
+
+
 def validate_config(raw: Any, source: str = "config") -> dict:
     """Return a validated copy of `raw` with every default filled in, or raise UserError."""
     if raw is None:
         raw = {}
     config = _stringify_int_keys(copy.deepcopy(raw))
     errors = sorted(_config_validator().iter_errors(config), key=_key_path)
-    lines = [f"{_key_path(e)}: {e.message}" for e in errors]
+    lines = [f"{_key_path(e)}: {e.message}{_number_hint(e)}" for e in errors]
     lines += _non_finite(config)
     if lines:
         raise UserError(f"{source} is not a valid doctrain config: " + "; ".join(lines))
