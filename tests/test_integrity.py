@@ -208,12 +208,12 @@ def test_a_damaged_resume_checkpoint_is_set_aside_and_training_starts_over(built
 
 
 def test_status_says_whether_the_published_model_is_what_the_inputs_build(copy):
-    def status() -> tuple[int, str]:
+    def status(*experiments: str) -> tuple[int, str]:
         import subprocess
         import sys
 
         result = subprocess.run(
-            [sys.executable, "-m", "doctrain", "status", "smoke"],
+            [sys.executable, "-m", "doctrain", "status", *(experiments or ["smoke"])],
             cwd=copy,
             capture_output=True,
             text=True,
@@ -222,6 +222,10 @@ def test_status_says_whether_the_published_model_is_what_the_inputs_build(copy):
         return result.returncode, result.stdout
 
     assert status() == (0, "smoke: current: results/smoke.onnx is what it builds\n")
+    # Without names: the experiments built so far, and the others in one line (not a failure).
+    code, said = status("--")
+    assert code == 0 and said.endswith("\nsmoke: current: results/smoke.onnx is what it builds\n"), said
+    assert said.startswith("not built (name them to check them): ") and "demo" in said.splitlines()[0]
     edit_config(copy, lambda config: config["optimizer"].update(lr=3.0e-3))
     flip_published_byte(copy)
     code, said = status()

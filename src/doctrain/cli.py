@@ -127,6 +127,11 @@ def _status(args: argparse.Namespace) -> int:
 
     found = experiments.find("configs")
     names = found.select(args.experiments)
+    if not args.experiments:  # every experiment: those built; the others in one line
+        unbuilt = [n for n in names if not Path(integrity.PUBLISHED.format(exp=n)).exists()]
+        names = [n for n in names if n not in unbuilt]
+        if unbuilt:
+            print(f"not built (name them to check them): {', '.join(unbuilt)}")
     cache = fingerprint.HashCache(fingerprint.HASH_CACHE)
     stale = 0
     for name in names:
@@ -235,7 +240,10 @@ def parser() -> argparse.ArgumentParser:
         help="is results/EXP.onnx what the current config, code and data build? (exit 1 when not)",
     )
     status.add_argument(
-        "experiments", nargs="*", metavar="EXP", help="experiments or sweeps (default: every experiment)"
+        "experiments",
+        nargs="*",
+        metavar="EXP",
+        help="experiments or sweeps (default: every experiment built so far; the others are listed)",
     )
     status.set_defaults(func=_status)
 
