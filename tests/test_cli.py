@@ -9,7 +9,7 @@ from doctrain.config import validate_config
 from doctrain.fingerprint import stage_settings
 from doctrain.lit_module import EmbeddingModule
 from doctrain.parity import top1_agreement
-from tests.conftest import write_png
+from tests.conftest import ROOT, write_png
 
 
 def test_manifest_build_then_check(image_tree, capsys):
@@ -114,3 +114,11 @@ def test_help_runs_for_doctrain_and_every_subcommand(capsys):
             main([*command, "--help"])
         assert done.value.code == 0, command
         assert "usage: doctrain" in capsys.readouterr().out
+
+
+def test_compare_before_anything_is_evaluated_says_what_to_build(tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "smoke-grid", "--sort", "auroc"]) == 1
+    said = capsys.readouterr().err
+    assert "nothing to compare yet: no results/EXP/evaluation.json for smoke-grid; build them first" in said

@@ -156,6 +156,12 @@ def _compare(args: argparse.Namespace) -> None:
             raise UserError(
                 "no experiment has been evaluated yet (results/EXP/evaluation.json); build one first"
             )
+    unevaluated = [n for n in names if not Path(f"results/{n}/evaluation.json").exists()]
+    if unevaluated == names:
+        raise UserError(
+            f"nothing to compare yet: no results/EXP/evaluation.json for {', '.join(args.experiments)}; "
+            "build them first (a sweep's table: snakemake --cores N results/compare/SWEEP.md)"
+        )
     chosen = {name: (found.owner(name), found.configs[name]) for name in names}
     try:
         frame, _ = compare.table(chosen, args.sort)
