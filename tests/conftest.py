@@ -171,24 +171,27 @@ def state_sha(workdir: Path, exp: str = TWO_RANKS) -> str:
     return json.loads((workdir / f"results/{exp}/model.stamp.json").read_text())["state_dict_sha256"]
 
 
+def _train_a_sweep_point(built: Path, folder: Path, sweep: str, content: dict, exp: str) -> Path:
+    """A copy of the smoke build with a sweep on smoke's data, and `exp` of it trained locally."""
+    workdir = Path(shutil.copytree(built, folder / "doctrain", symlinks=True))
+    write_sweep(workdir, sweep, content)
+    result = snakemake(workdir, f"results/{exp}/model.stamp.json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir
+
+
 @pytest.fixture(scope="session")
 def two_ranks(built, tmp_path_factory) -> Path:
     """The smoke build plus one training as two CPU ranks, trained locally (its data is smoke's)."""
-    workdir = Path(shutil.copytree(built, tmp_path_factory.mktemp("ranks") / "doctrain", symlinks=True))
-    write_sweep(workdir, "ranks", TWO_RANK_SWEEP)
-    result = snakemake(workdir, f"results/{TWO_RANKS}/model.stamp.json")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir
+    return _train_a_sweep_point(built, tmp_path_factory.mktemp("ranks"), "ranks", TWO_RANK_SWEEP, TWO_RANKS)
 
 
 @pytest.fixture(scope="session")
 def resumable(built, tmp_path_factory) -> Path:
     """The smoke build plus RESUMABLE's uninterrupted training, trained locally (on smoke's data)."""
-    workdir = Path(shutil.copytree(built, tmp_path_factory.mktemp("resumable") / "doctrain", symlinks=True))
-    write_sweep(workdir, "resume", RESUMABLE_SWEEP)
-    result = snakemake(workdir, f"results/{RESUMABLE}/model.stamp.json")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return workdir
+    return _train_a_sweep_point(
+        built, tmp_path_factory.mktemp("resumable"), "resume", RESUMABLE_SWEEP, RESUMABLE
+    )
 
 
 @pytest.fixture(scope="session")

@@ -140,7 +140,12 @@ def pin_cpu_kernels(trainer_settings: dict) -> None:
     os.environ.update(caps)
     chosen = torch.backends.cpu.get_cpu_capability()
     if chosen != caps["ATEN_CPU_CAPABILITY"].upper():
-        raise RuntimeError(f"torch chose its CPU kernels ({chosen}) before they could be pinned")
+        # Torch ran something in this process before (a notebook, a test session): its choice stands,
+        # and the kernel path this training records says which it is.
+        print(
+            f"warning: trainer.cpu_kernels {trainer_settings['cpu_kernels']} not applied: torch already "
+            f"uses {chosen} kernels in this process (start a new one to pin them)"
+        )
 
 
 def _set_threads(trainer_settings: dict) -> None:
@@ -168,8 +173,9 @@ def _fit(
 
     Lightning's checkpoints in `work_dir` survive a killed job (Snakemake deletes only declared
     outputs), so a rerun with the same `resume_key` (settings, code, input) continues from the
-    resume point (doctrain.resume: the start of the epoch in progress, or the batch where a stop
-    signal arrived); everything training draws is seeded per epoch, so it ends at the same weights."""
+    resume point (doctrain.resume: after the first batch of the epoch in progress, or the batch where
+    a stop signal arrived); everything training draws is seeded per epoch, so it ends at the same
+    weights."""
     work_dir = Path(work_dir)
     trainer_cfg, data = settings["trainer"], settings["data"]
     processes = ranks(trainer_cfg)
