@@ -122,6 +122,17 @@ def let_user_run_this_checkout(user: pwd.struct_passwd) -> list[Path]:
     return changed
 
 
+def let_user_use_fuse(user: pwd.struct_passwd) -> bool:
+    """Unprivileged Apptainer mounts a SIF with squashfuse through /dev/fuse, which udev makes
+    0666 on a workstation or a cluster node; some container runtimes create it 0600 (this
+    machine's did). Where `user` cannot open it, it gets that usual mode; whether it changed."""
+    check = [*as_user(user), "sh", "-c", "test -r /dev/fuse && test -w /dev/fuse"]
+    if subprocess.run(check, capture_output=True).returncode == 0:
+        return False
+    os.chmod("/dev/fuse", 0o666)
+    return True
+
+
 def as_user(user: pwd.struct_passwd) -> list[str]:
     """The command prefix that runs a program as `user` (and its groups), nothing else changed."""
     return ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]

@@ -181,6 +181,7 @@ def test_apptainer_route_runs_the_sif_as_a_user_and_builds_the_local_model_byte_
     has a space and a `;`."""
     user = sif_image.cluster_user()
     sif_image.let_user_run_this_checkout(user)
+    sif_image.let_user_use_fuse(user)
     scratch = Path(tempfile.mkdtemp(prefix="doctrain-apptainer-", dir="/tmp"))
     try:
         workdir = copy_workflow(scratch / "lab; shared checkout" / "doctrain")
@@ -221,11 +222,16 @@ def test_apptainer_route_runs_the_sif_as_a_user_and_builds_the_local_model_byte_
 
 
 def files_of(user, inside: Path) -> set[Path]:
-    """What `user` owns in the host's shared folders that Apptainer binds, outside `inside`."""
+    """What `user` owns in the host's shared folders that Apptainer binds, outside `inside` —
+    except torch's compile cache (`import lightning.pytorch` makes /tmp/torchinductor_USER, empty,
+    in the training stage; torch's, not doctrain's, and the same for any torch program)."""
     owned = set()
+    cache = f"torchinductor_{user.pw_name}"
     for top in (Path("/tmp"), Path("/var/tmp")):
         for path in top.rglob("*"):
             try:
+                if cache in path.parts:
+                    continue
                 if path.lstat().st_uid == user.pw_uid and inside not in path.parents:
                     owned.add(path)
             except OSError:

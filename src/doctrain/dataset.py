@@ -5,6 +5,7 @@ epoch), so augmentation is the same whatever the number of loader workers or the
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import cv2
@@ -15,7 +16,6 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from doctrain import augment, images
 from doctrain.cache import Cache
 from doctrain.distributed import RankBatches, RankSlices
-from doctrain.resume import ignore_stop_signals
 
 
 class ClassBalancedSampler(Sampler):
@@ -95,7 +95,10 @@ def _start_worker(worker_id: int) -> None:
     # every worker) oversubscribed a 16-core GPU node. With this and the plain index columns, 16
     # workers went from about 4,900 to 10,000 samples/s there (scripts/bench_gpu.py).
     cv2.setNumThreads(1)
-    ignore_stop_signals()
+    # SLURM signals every process of a job to stop; a worker that died of it would fail the batch
+    # the main process saves after (doctrain.resume), and the main process ends its workers.
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def loaders(cache: Cache, settings: dict, rank: int = 0, world: int = 1) -> tuple[DataLoader, DataLoader]:

@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from doctrain.dataset import ClassBalancedSampler
 
 LAST = "last.ckpt"
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class TrainingStopped(UserError):
@@ -125,13 +124,6 @@ def _say(message: str) -> None:
 def stop_on_signals() -> None:
     """SIGUSR1 (sbatch --signal) stops a training as SIGTERM does: Lightning watches for SIGTERM."""
     signal.signal(signal.SIGUSR1, lambda *_: signal.raise_signal(signal.SIGTERM))
-
-
-def ignore_stop_signals() -> None:
-    """In loader workers: SLURM signals every process of the job, and a worker that dies of it
-    fails the batch the main process is about to save after; the main process ends its workers."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
 
 
 # What a checkpoint that was cut short or overwritten raises in torch.load: the zip reader's
