@@ -185,17 +185,15 @@ def built_elsewhere(exp: str) -> str | None:
     """A sentence when results/{exp}.onnx was trained on another kernel path than this machine
     offers (another CPU or GPU model): what the inputs build here may then be other weights. Said,
     not a reason to rebuild."""
-    import onnx
     import torch
 
-    from doctrain.onnx_model import from_metadata
+    from doctrain.onnx_model import read_metadata
     from doctrain.provenance import cpu_model
 
     try:
-        model = onnx.load(PUBLISHED.format(exp=exp), load_external_data=False)
+        kernels = read_metadata(PUBLISHED.format(exp=exp)).get("kernels")
     except Exception:  # missing or damaged: status says so
         return None
-    kernels = from_metadata({p.key: p.value for p in model.metadata_props}).get("kernels")
     if not kernels:
         return None
     if kernels["device"] == "cuda":
