@@ -15,9 +15,9 @@ SRC = Path(workflow.basedir) / "src"
 # The library runs from the checkout, also inside containers.
 sys.path.insert(0, str(SRC))
 
-from doctrain import experiments, fingerprint, integrity, stages
+from doctrain import experiments, fingerprint, integrity, scheduling, stages
 from doctrain.container import check_present, image as container_image
-from doctrain.config import canonical_json, parse_overrides, ranks
+from doctrain.config import canonical_json, parse_overrides
 from doctrain.errors import UserError
 
 # All the rules run `python -m doctrain`, with the checkout's src/ ahead of any installed copy. The
@@ -83,83 +83,6 @@ def code(stage):
 
 
 ENVIRONMENT = fingerprint.environment_digest()
-
-
-def trainer(w):
-    return EXPERIMENTS[w.exp]["trainer"]
-
-
-def train_ranks(w):
-    return ranks(trainer(w))
-
-
-def on_gpus(w):
-    return trainer(w)["accelerator"] != "cpu"
-
-
-def train_cpus(w):
-    """A rank and its loader workers."""
-    return EXPERIMENTS[w.exp]["data"]["loader"]["num_workers"] + 1
-
-
-def train_threads(w):
-    """Per node: per rank trainer.threads where the config pins them (part of the training's
-    fingerprint), else what Snakemake grants, by default one per process (--set-threads train=N
-    gives more); the ranks on a node share them (doctrain.training)."""
-    return (trainer(w)["threads"] or train_cpus(w)) * trainer(w)["devices"]
-
-
-def train_gpus(w):
-    """GPUs of a training that may use them, counted against --resources gpu=N on a workstation
-    (doctrain.devices picks which) and asked of SLURM per job; a training across nodes asks per
-    node instead (train_gres)."""
-    if not on_gpus(w):
-        return 0
-    return trainer(w)["devices"] if trainer(w)["num_nodes"] == 1 else None
-
-
-def train_gres(w):
-    return f"gpu:{trainer(w)['devices']}" if on_gpus(w) and trainer(w)["num_nodes"] > 1 else None
-
-
-# Several ranks: SLURM allocates one task per rank (per node: tasks_per_node, which its executor
-# plugin takes only above 1) and the training starts them with srun (doctrain.distributed); `mpi`
-# tells the plugin so. None leaves a resource out, as for every one-rank training.
-def train_mpi(w):
-    return "srun" if train_ranks(w) > 1 else None
-
-
-def train_nodes(w):
-    return trainer(w)["num_nodes"] if train_ranks(w) > 1 else None
-
-
-def train_tasks_per_node(w):
-    return trainer(w)["devices"] if trainer(w)["devices"] > 1 else None
-
-
-def train_tasks(w):
-    return train_ranks(w) if train_ranks(w) > 1 and trainer(w)["devices"] == 1 else None
-
-
-def train_tasks_per_gpu(w):
-    """One rank a GPU where the ranks are counted in `tasks` (the plugin would take that count as
-    tasks per GPU)."""
-    return 1 if train_tasks(w) and on_gpus(w) else None
-
-
-def train_cpus_per_task(w):
-    """CPU ranks' own cores (GPU ranks ask theirs per GPU: cpus_per_gpu)."""
-    return train_threads(w) // trainer(w)["devices"] if train_ranks(w) > 1 and not on_gpus(w) else None
-
-
-def train_mem_mb(w):
-    """Host memory for training, per node: for each rank, the process (torch, the memory-mapped
-    cache's hot pages) plus, per loader worker, its own interpreter and the batches it keeps
-    prefetched."""
-    data = EXPERIMENTS[w.exp]["data"]
-    batch_mb = data["batch_size"] * 3 * data["image_size"] ** 2 * 4 / 2**20
-    per_worker = 600 + batch_mb * data["loader"]["prefetch_factor"]
-    return int((4000 + data["loader"]["num_workers"] * per_worker) * trainer(w)["devices"])
 
 
 def manifest(w):
@@ -297,26 +220,18 @@ STAGE_SHELL = (
 )
 
 
-# Scheduling that differs from one thread and no resources: the workflow's business, not the stage's.
-SCHEDULING = {
-    "validate": {"threads": 2},
-    "verify": {"threads": 2},
-    "train": {
-        "threads": train_threads,
-        "resources": {
-            "gpu": train_gpus,
-            "gres": train_gres,
-            "cpus_per_gpu": train_cpus,
-            "cpus_per_task": train_cpus_per_task,
-            "mem_mb": train_mem_mb,
-            "mpi": train_mpi,
-            "nodes": train_nodes,
-            "tasks_per_node": train_tasks_per_node,
-            "tasks": train_tasks,
-            "tasks_per_gpu": train_tasks_per_gpu,
-        },
-    },
-}
+def stage_threads(stage):
+    return lambda w: scheduling.threads(stage.name, EXPERIMENTS[w.exp])
+
+
+def stage_resources(stage):
+    """Each resource the stage's jobs may ask for (doctrain.scheduling), as Snakemake's callables."""
+    return {
+        key: (lambda w, key=key: scheduling.resources(stage.name, EXPERIMENTS[w.exp])[key])
+        for key in scheduling.RESOURCES.get(stage.name, ())
+    }
+
+
 EXPERIMENT_STAGES = stages.EXPERIMENT_STAGES
 STAGES = stages.STAGES
 

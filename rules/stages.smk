@@ -16,9 +16,9 @@ for stage in EXPERIMENT_STAGES:
             f"results/{{exp}}/logs/{stage.name}.log",
         benchmark:
             f"results/{{exp}}/benchmarks/{stage.name}.tsv"
-        threads: SCHEDULING.get(stage.name, {}).get("threads", 1)
+        threads: stage_threads(stage)
         resources:
-            **SCHEDULING.get(stage.name, {}).get("resources", {}),
+            **stage_resources(stage),
         params:
             **stage_params(stage),
         shell:

@@ -69,7 +69,7 @@ def test_schedule_warms_up_then_decays_linearly_to_zero():
 
 
 def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
-    from doctrain.metrics import operating_point
+    from doctrain.metrics import describe_operating_point, operating_point
 
     val = {
         "at_fpr": {
@@ -86,7 +86,13 @@ def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
         "threshold": 0.9,
         "resolvable": True,
     }
+    assert "not at the requested FPR 0.001, which the validation pairs cannot resolve" in (
+        describe_operating_point(operating_point(val, 1e-3))
+    )
     assert operating_point(val, 0.1)["threshold"] == 0.8
+    assert describe_operating_point(operating_point(val, 0.1)) == (
+        "operating threshold 0.8000 at FPR 0.1 (TPR there 0.900)"
+    )
     for figures in val["at_fpr"].values():
         figures["resolvable"] = False
     assert operating_point(val, 1e-3) | {} == {
@@ -96,6 +102,7 @@ def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
         "threshold": 0.8,
         "resolvable": False,
     }
+    assert "rough guess" in describe_operating_point(operating_point(val, 1e-3))
 
 
 def test_the_schema_offers_exactly_the_registered_margins():

@@ -86,8 +86,18 @@ def test_too_few_classes_in_a_split(image_tree):
     frame = manifest.build(image_tree)
     frame = frame[(frame["split"] == "train") | (frame["label"] == "d")]
     manifest.write(frame, image_tree / "m.parquet")
-    with pytest.raises(UserError, match="split 'val' has 1 class"):
+    with pytest.raises(UserError, match="split 'val' has 1 class") as refused:
         manifest.validate(image_tree / "m.parquet")
+    assert "hash" not in str(refused.value)  # the split was the user's own
+
+
+def test_too_few_classes_in_the_automatic_split_says_how_it_was_made(tmp_path):
+    """Six classes without a split column: the hash holds out fewer than two of them."""
+    rows = [{"path": str(write_png(tmp_path / f"{i}.png", i)), "label": f"t{i}"} for i in range(6)]
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    assert sum(manifest._held_out(row["label"]) for row in rows) < 2
+    with pytest.raises(UserError, match="picked by a hash of the label.*add a 'split' column"):
+        manifest.validate(tmp_path / "m.csv")
 
 
 def test_unsupported_manifest_format(tmp_path):

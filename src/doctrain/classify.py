@@ -32,7 +32,8 @@ class Classifier:
         self.session = session(model_path)
         self.input_name, self.output_name = meta["input"]["name"], meta["output"]["name"]
         self.size = meta["preprocessing"]["height"]
-        self.threshold = meta.get("operating_point", {}).get("threshold", FALLBACK_THRESHOLD)
+        self.operating_point: dict = meta.get("operating_point", {})
+        self.threshold = self.operating_point.get("threshold", FALLBACK_THRESHOLD)
         self.labels: list[str] = []
         self.bank = np.zeros((0, meta["embedding_dim"]), dtype=np.float32)
 

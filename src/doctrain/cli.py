@@ -103,10 +103,13 @@ def _dataset_fingerprint(args: argparse.Namespace) -> None:
 
 def _classify(args: argparse.Namespace) -> None:
     from doctrain.classify import Classifier
+    from doctrain.metrics import describe_operating_point
 
     classifier = Classifier(args.model)
     classifier.register(args.register)
     threshold = classifier.threshold if args.threshold is None else args.threshold
+    if args.threshold is None and classifier.operating_point:
+        print(f"{args.model}: {describe_operating_point(classifier.operating_point)}", file=sys.stderr)
     for image in args.images:
         match = classifier.classify(image, threshold)
         label = match.label or f"(none: nearest {match.nearest})"
@@ -114,12 +117,18 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def _provenance(args: argparse.Namespace) -> None:
+    from doctrain.metrics import describe_operating_point
     from doctrain.onnx_model import format_record, read_metadata
 
     record = read_metadata(args.model)
     if not record:
         raise UserError(f"{args.model} carries no doctrain metadata")
-    print(json.dumps(record, indent=2, sort_keys=True) if args.json else format_record(record))
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return
+    print(format_record(record))
+    if "operating_point" in record:
+        print(f"in short: {describe_operating_point(record['operating_point'])}")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from doctrain import _io, images, plots
 from doctrain.cache import Cache
-from doctrain.metrics import FPR_TARGETS, roc_points, verification_metrics
+from doctrain.metrics import FPR_TARGETS, describe_operating_point, roc_points, verification_metrics
 from doctrain.onnx_model import read_metadata, session
 
 BATCH = 64
@@ -239,6 +239,7 @@ def run_stage(
     }
     print(f"within-batch validation (the recipe's figure, from training): AUROC {train_val['auroc']:.3f}")
     if "threshold" in shipped:
+        print(f"shipped {describe_operating_point(shipped)}")
         for split in splits:
             point = record[split]["at_shipped_threshold"]
             print(

@@ -13,7 +13,7 @@ from torch import nn
 
 from doctrain import _io, provenance
 from doctrain.lit_module import EmbeddingModule
-from doctrain.metrics import operating_point
+from doctrain.metrics import describe_operating_point, operating_point
 from doctrain.onnx_model import to_metadata
 
 WRAPPERS: dict[str, type[nn.Module]] = {}
@@ -149,6 +149,5 @@ def run_stage(
     print(
         f"exported {out}: {Path(out).stat().st_size:,} bytes, opset {opset}, "
         f"input {given['name']} {given['shape']}, output {made['name']} {made['shape']}; "
-        f"operating threshold {point['threshold']:.4f} at FPR {point['fpr']:g} "
-        f"(requested {point['requested_fpr']:g}, TPR there {point['tpr']:.3f})"
+        + describe_operating_point(point)
     )

@@ -82,6 +82,12 @@ def _column_problems(manifest: Path, frame: pd.DataFrame) -> list[str]:
     return problems
 
 
+_SPLIT_HINT = (
+    "; without a 'split' column about a fifth of the labels, picked by a hash of the label, are held out"
+    " for validation: add a 'split' column, or more classes"
+)
+
+
 def _held_out(label: str) -> bool:
     return int(hashlib.sha256(label.encode()).hexdigest()[:8], 16) % 5 == 0
 
@@ -206,12 +212,15 @@ def validate(
         }
     )
     if not problems:
+        automatic = "split" not in frame.columns
         for split in SPLITS:
             classes = table.loc[table["split"] == split, "label"].nunique()
             if classes < min_classes and (classes or split in REQUIRED_SPLITS):
                 problems.append(
                     f"{manifest}: split '{split}' has {classes} class(es), "
                     f"at least {min_classes} are needed (data.min_classes_per_split)"
+                    + _SPLIT_HINT
+                    * automatic
                 )
     if problems:
         shown = problems[:_MAX_LISTED]

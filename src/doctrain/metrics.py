@@ -56,3 +56,18 @@ def operating_point(val: dict, fpr: float) -> dict:
     chosen = next((t for t in candidates if val["at_fpr"][f"{t:g}"]["resolvable"]), candidates[-1])
     figures = val["at_fpr"][f"{chosen:g}"]
     return {"fpr": chosen, "requested_fpr": fpr, **figures}
+
+
+def describe_operating_point(point: dict) -> str:
+    """One line on a shipped threshold, saying so where it is not at the FPR the config asked for."""
+    text = (
+        f"operating threshold {point['threshold']:.4f} at FPR {point['fpr']:g} (TPR there {point['tpr']:.3f})"
+    )
+    if not point["resolvable"]:
+        return text + ": no FPR target is resolvable by the validation pairs; this threshold is a rough guess"
+    if point["fpr"] != point["requested_fpr"]:
+        return (
+            text + f", not at the requested FPR {point['requested_fpr']:g}, which the validation pairs "
+            "cannot resolve (more validation images resolve smaller rates)"
+        )
+    return text
