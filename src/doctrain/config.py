@@ -17,6 +17,9 @@ import yaml
 
 from doctrain.errors import UserError
 
+# What an experiment (its config file's stem) and a value in a sweep point's name may be: names reach
+# paths and shell lines, so only characters that need no quoting.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SYNTH_MANIFEST = re.compile(r"data/synth/(?P<name>[A-Za-z0-9_.-]+)/manifest\.csv")
 SCHEMA = "config.schema.yaml"
 

@@ -10,15 +10,15 @@ Experiments of a sweep whose data settings agree share the data stages (doctrain
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from doctrain.config import format_overrides, read_yaml, validate_config, with_overrides
+from doctrain import sweeps
+from doctrain.config import NAME, format_overrides, read_yaml, validate_config, with_overrides
 from doctrain.errors import UserError
+from doctrain.fingerprint import data_settings_json
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ALL = "all"  # results/compare/all.md compares every experiment
 
 
@@ -125,9 +125,6 @@ def _check_warm_starts(found: Experiments) -> None:
 def _add_sweep(
     found: Experiments, path: Path, raw_configs: dict[str, Any], overrides: dict[str, Any]
 ) -> None:
-    from doctrain import sweeps
-    from doctrain.fingerprint import data_settings_json
-
     problem = _bad_name(path, "sweep")
     if problem:
         raise UserError(problem)

@@ -24,6 +24,7 @@ from typing import Any
 import jsonschema
 
 from doctrain.config import (
+    NAME,
     _key_path,
     _Validator,
     canonical_json,
@@ -58,8 +59,6 @@ def _validator() -> jsonschema.protocols.Validator:
 
 def _token(value: Any) -> str:
     """A value as it appears in an experiment name: readable where it can be, else a short digest."""
-    from doctrain.experiments import NAME
-
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, int | float):
