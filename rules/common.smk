@@ -145,6 +145,20 @@ def force_if_broken(stage_name, exp):
         workflow.dag.forcefiles.add(damage.stamp)
 
 
+_TOLD = set()
+
+
+def say_what_changed(exp):
+    """Once per experiment the run plans: what differs from what built its results, in one line
+    (Snakemake's own reason is the stage's whole settings before and after, as JSON)."""
+    if exp in _TOLD or not workflow.is_main_process:
+        return
+    _TOLD.add(exp)
+    found = integrity.changes(exp, EXPERIMENTS[exp], FOUND.owner(exp))
+    if found:
+        logger.info(f"doctrain: {exp}: changed since it was built: {'; '.join(found)}")
+
+
 def stage_inputs(stage):
     """The stage's declared inputs and what vouches for them: an artefact of another stage comes as
     ancient() beside that stage's stamp (the stamp holds its digest), the manifest beside its
@@ -154,6 +168,7 @@ def stage_inputs(stage):
 
     def inputs(w):
         force_if_broken(stage.name, w.exp)
+        say_what_changed(w.exp)
         files = {}
         for name, template in stage.inputs.items():
             if template == stages.MANIFEST:

@@ -230,4 +230,8 @@ def test_status_says_whether_the_published_model_is_what_the_inputs_build(copy):
     flip_published_byte(copy)
     code, said = status()
     assert code == 1 and "changed since it was built: train: optimizer.lr 0.002 → 0.003" in said
+    planned = snakemake(copy, "-n", TARGET)  # the same line, before Snakemake's JSON of the settings
+    assert "doctrain: smoke: changed since it was built: train: optimizer.lr 0.002 → 0.003" in (
+        planned.stdout + planned.stderr
+    )
     assert "results/smoke.onnx has changed since the verify step wrote it" in said

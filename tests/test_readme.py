@@ -1,5 +1,5 @@
-"""The README's commands, checked where a test can run them cheaply (the rest run elsewhere in the
-suite: the demo command's pipeline as the smoke build, the report in test_workflow)."""
+"""The commands of the README and of docs/, checked where a test can run them cheaply (the rest run
+elsewhere in the suite: the demo command's pipeline as the smoke build, the report in test_workflow)."""
 
 import os
 import re
@@ -15,6 +15,10 @@ from doctrain.stages import PIPELINE
 from tests.conftest import ROOT, snakemake
 
 README = (ROOT / "README.md").read_text()
+DOCS = {
+    path.relative_to(ROOT): path.read_text()
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+}
 
 
 def test_ci_runs_the_readme_test_command_verbatim():
@@ -35,14 +39,22 @@ def test_the_dag_command_draws_the_build_graph(built):
 
 
 def readme_commands() -> list[str]:
-    """The README's command blocks: every indented line a user would copy (program output, the
-    layout and tables aside)."""
+    """The command blocks of the README and docs/: every indented line a user would copy (program
+    output, the layout and tables aside), each once."""
     found = []
-    for line in README.splitlines():
-        text = line.strip().removeprefix("$ ")
-        if line.startswith("    ") and text.split(" ")[0] in PROGRAMS:
-            found.append(text)
+    for text in DOCS.values():
+        for line in text.splitlines():
+            command = line.strip().removeprefix("$ ")
+            if line.startswith("    ") and command.split(" ")[0] in PROGRAMS and command not in found:
+                found.append(command)
     return found
+
+
+def test_the_readme_is_a_guide_and_links_only_pages_that_exist():
+    assert len(README.splitlines()) <= 300
+    for page, text in DOCS.items():
+        for target in re.findall(r"\]\(([^)#]+\.md)", text):
+            assert (ROOT / page.parent / target).exists(), f"{page} links {target}"
 
 
 PROGRAMS = {
@@ -59,7 +71,7 @@ PROGRAMS = {
 CHECKED = {
     "snakemake --cores 32 results/lcnet050_cosface_96.onnx": "planned: test_workflow test_reference_config_plans_the_whole_chain",
     "python3 -m venv .venv && . .venv/bin/activate && pip install -r envs/requirements.txt -e . && snakemake --cores 2 results/demo.onnx results/demo/evaluation.json": "by hand in a clean clone (the note of each landing gives its time); the smoke build runs the same rules",
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -r envs/requirements.txt -e '.[test]' && ruff check . && ruff format --check . && snakemake --lint && snakefmt --check Snakefile rules && pytest -m \"not container\" && pytest -m container": ".ci/run, verbatim (test_ci_runs_the_readme_test_command_verbatim)",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -r envs/requirements.txt -e '.[test]' && ruff check . && ruff format --check . && snakemake --lint && snakefmt --check Snakefile rules && pytest": ".ci/run, verbatim (test_ci_runs_the_readme_test_command_verbatim)",
     "doctrain provenance results/demo.onnx": "run below",
     "doctrain manifest build /data/docs -o /data/docs/manifest.csv": "run below",
     "doctrain manifest check /data/docs/manifest.csv": "run below",

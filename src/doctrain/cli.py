@@ -209,8 +209,8 @@ def parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(
             # argparse %-formats help texts: a stage's "95 %" would break `doctrain --help`.
             stage.name,
-            help=stage.help.replace("%", "%%"),
-            description=f"{stage.help} (options show the workflow's paths)",
+            help=f"{stage.help} [{stage.module}]".replace("%", "%%"),
+            description=f"{stage.help} (code: {stage.module}; options show the workflow's paths)",
         )
         source = cmd.add_mutually_exclusive_group()
         source.add_argument("--config", help="experiment config (configs/NAME.yaml)")

@@ -16,7 +16,7 @@ from doctrain import _io  # noqa: E402
 def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path) -> None:
     """ROC curves on a log FPR axis (label -> (points, metrics)), the TPR at each reported FPR
     marked (a cross where the pairs cannot resolve that rate, a bar for its 95 % interval)."""
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    fig, ax = plt.subplots(figsize=(6, 4.5 + 0.45 * len(curves)), dpi=110)
     for colour, (label, (points, metrics)) in enumerate(curves.items()):
         fpr = [max(f, 1e-5) for f in points["fpr"]]
         pairs = f"{metrics['positive_pairs']:,} same / {metrics['negative_pairs']:,} different pairs"
@@ -43,7 +43,7 @@ def roc_curves(curves: dict[str, tuple[dict, dict]], title: str, out: str | Path
                 xytext=(4, 4 if entry["tpr"] < 0.9 else -12),
                 fontsize=8,
             )
-    _finish_roc(fig, ax, title, out, legend="lower right", fontsize=8)
+    _finish_roc(fig, ax, title, out, legend="below", fontsize=8)
 
 
 def roc_overlay(curves: dict[str, dict], title: str, out: str | Path, legend_max: int = 12) -> None:
@@ -70,7 +70,8 @@ def roc_overlay(curves: dict[str, dict], title: str, out: str | Path, legend_max
 
 
 def _finish_roc(fig, ax, title: str, out: str | Path, legend: str, fontsize: int) -> None:
-    """The ROC figures' common axes: log FPR from 1e-5, TPR, a grid; then save."""
+    """The ROC figures' common axes: log FPR from 1e-5, TPR, a grid; then save. A legend "below"
+    the axes leaves every marker visible (inside, it covered the low TPRs at FPR 1e-3)."""
     ax.set(
         xscale="log",
         xlim=(1e-5, 1),
@@ -80,7 +81,10 @@ def _finish_roc(fig, ax, title: str, out: str | Path, legend: str, fontsize: int
         title=title,
     )
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc=legend, fontsize=fontsize)
+    if legend == "below":
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=fontsize)
+    else:
+        ax.legend(loc=legend, fontsize=fontsize)
     _save(fig, out)
 
 
