@@ -69,7 +69,7 @@ def test_schedule_warms_up_then_decays_linearly_to_zero():
 
 
 def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
-    from doctrain.metrics import describe_operating_point, operating_point
+    from doctrain.operating_point import describe_operating_point, operating_point
 
     val = {
         "at_fpr": {

@@ -13,7 +13,7 @@ from doctrain.errors import UserError
 from doctrain.fingerprint import stage_settings
 from doctrain.lit_module import EmbeddingModule
 from doctrain.manifest import validate
-from doctrain.model import EmbeddingNet
+from doctrain.model import EmbeddingNet, load_trained
 from doctrain.training import save_checkpoint
 
 SIZE = 64
@@ -78,19 +78,20 @@ def test_optimizer_exempts_only_biases_from_decay():
 
 
 def test_checkpoint_rebuilds_its_model_strictly(trained):
-    module = export.load_trained(trained / "model.ckpt")
-    assert module.embed_dim == 16 and module.hparams.model["backbone"] == "lcnet_050" and not module.training
+    net = load_trained(trained / "model.ckpt")
+    assert net.embed_dim == 16 and not net.training
+    assert net.backbone.feature_info.channels() == [256]  # lcnet_050's last stage
     payload = torch.load(trained / "model.ckpt", weights_only=False)
     del payload["state_dict"]["net.head.1.weight"]
     torch.save(payload, trained / "broken.ckpt")
     with pytest.raises(RuntimeError, match="Missing key"):
-        export.load_trained(trained / "broken.ckpt")
+        load_trained(trained / "broken.ckpt")
 
 
 def export_to(path, trained, config):
-    module = export.load_trained(trained / "model.ckpt")
+    net = load_trained(trained / "model.ckpt")
     meta = export.contract_metadata(stage_settings(config, "export"), 16, "unit")
-    export.export(stage_settings(config, "export"), module, path, meta)
+    export.export(stage_settings(config, "export"), net, path, meta)
     return path
 
 

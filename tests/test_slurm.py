@@ -17,7 +17,6 @@ from tests.conftest import (
     TARGET,
     TWO_RANKS,
     copy_workflow,
-    snakemake,
     snakemake_env,
     state_sha,
     write_sweep,
@@ -28,35 +27,35 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 RULES = ("synth", "dataset_fingerprint", "validate", "prepare", "train", "export", "verify")
 
 
-def test_smoke_pipeline_runs_as_slurm_jobs(cluster, built, tmp_path):
+def test_smoke_pipeline_runs_as_slurm_jobs_and_a_failed_step_reruns_to_the_local_model(
+    cluster, built, tmp_path
+):
+    """Every rule as a SLURM job: the rendering first, then the rest with one image broken, so the
+    validate job fails and is reported, nothing after it runs; with the image mended the same
+    command completes the pipeline, and the published model is the local build's, byte for byte."""
     workdir = copy_workflow(tmp_path / "doctrain")
-    result = on_slurm(cluster, workdir, "--verbose", TARGET)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
-    jobs = sacct(cluster)
-    print("\n".join(line for line in (result.stdout + result.stderr).splitlines() if "sbatch" in line))
-    print("\n".join(f"{j['id']} {j['state']} {j['tres']} {j['comment']}" for j in jobs))
-    rule_of = {j["id"]: re.match(r"rule_(\w+?)_wildcards", j["comment"]).group(1) for j in jobs}
-    assert sorted(rule_of.values()) == sorted(RULES)
-    assert all(j["state"] == "COMPLETED" for j in jobs)
-    assert not [job for job in jobs if "gpu" in job["tres"]], "the smoke config trains on the CPU"
-
-
-def test_a_failing_step_is_reported_and_a_rerun_completes(cluster, tmp_path):
-    workdir = copy_workflow(tmp_path / "doctrain")
-    assert snakemake(workdir, "data/synth/smoke/manifest.csv").returncode == 0
+    earlier = {job["id"] for job in sacct(cluster)}
+    rendered = on_slurm(cluster, workdir, "data/synth/smoke/manifest.csv")
+    assert rendered.returncode == 0, rendered.stdout[-4000:] + rendered.stderr[-4000:]
     image = next((workdir / "data/synth/smoke/train").rglob("*.png"))
     good = image.read_bytes()
     image.write_bytes(b"not a png")
-    validated = "results/smoke/data/validated.parquet"  # the failing step's output (the rest: above)
-    failed = on_slurm(cluster, workdir, validated)
+    failed = on_slurm(cluster, workdir, TARGET)
     assert failed.returncode != 0
     assert "does not decode as an image" in failed.stdout + failed.stderr
-    assert not (workdir / validated).exists()
+    assert not (workdir / "results/smoke/data/validated.parquet").exists()
     image.write_bytes(good)
-    rerun = on_slurm(cluster, workdir, validated)
-    assert rerun.returncode == 0, rerun.stdout[-4000:] + rerun.stderr[-4000:]
-    assert (workdir / validated).exists()
+    result = on_slurm(cluster, workdir, "--verbose", TARGET)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert (workdir / TARGET).read_bytes() == (built / TARGET).read_bytes()
+    jobs = [job for job in sacct(cluster) if job["id"] not in earlier]
+    print("\n".join(line for line in (result.stdout + result.stderr).splitlines() if "sbatch" in line))
+    print("\n".join(f"{j['id']} {j['state']} {j['tres']} {j['comment']}" for j in jobs))
+    rules = [(re.match(r"rule_(\w+?)_wildcards", j["comment"]).group(1), j["state"]) for j in jobs]
+    assert [rule for rule, state in rules if state != "COMPLETED"] == ["validate"]
+    assert {rule for rule, _ in rules} == set(RULES)
+    assert [rule for rule, _ in rules].count("train") == 1
+    assert not [job for job in jobs if "gpu" in job["tres"]], "the smoke config trains on the CPU"
 
 
 def _stop_the_training_job(cluster, workdir: Path, how: tuple[str, ...], retries: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import yaml
 
 from doctrain import experiments
-from tests.conftest import copy_workflow, planned_jobs, snakemake
+from tests.conftest import planned_jobs, snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = "results/finetune/model.stamp.json"
@@ -46,11 +47,11 @@ def _network(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fine_tuning_on_other_data_starts_from_the_pretrained_network(tmp_path):
-    """Pre-train `smoke` on its data; fine-tune on other rendered data from its network. With a
+def test_fine_tuning_on_other_data_starts_from_the_pretrained_network(built, tmp_path):
+    """Fine-tune on other rendered data from the network of the smoke build's `smoke`. With a
     learning rate of 1e-9 the fine-tuned weights are the pre-trained ones (all but BatchNorm's
     running statistics, which follow the new data): proof they were loaded."""
-    workdir = copy_workflow(tmp_path / "doctrain")
+    workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
     other_data = {
         "seed": 2,
         "train_templates": 10,
@@ -66,8 +67,8 @@ def test_fine_tuning_on_other_data_starts_from_the_pretrained_network(tmp_path):
         data__manifest="data/synth/finetune/manifest.csv",
         optimizer__lr=1.0e-9,
     )
-    assert planned_jobs(snakemake(workdir, "-n", FINETUNE))["train"] == 2  # smoke's training first
-    dag = snakemake(workdir, FINETUNE, "--dag").stdout
+    assert planned_jobs(snakemake(workdir, "-n", FINETUNE))["train"] == 1  # smoke's is built
+    dag = snakemake(workdir, FINETUNE, "--dag").stdout  # built jobs too, dashed
     first, second = re.findall(r'(\d+)\[label = "train"', dag)
     assert {f"{first} -> {second}", f"{second} -> {first}"} & set(re.findall(r"\d+ -> \d+", dag)), dag
 

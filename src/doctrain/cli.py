@@ -103,7 +103,7 @@ def _dataset_fingerprint(args: argparse.Namespace) -> None:
 
 def _classify(args: argparse.Namespace) -> None:
     from doctrain.classify import Classifier
-    from doctrain.metrics import describe_operating_point
+    from doctrain.operating_point import describe_operating_point
 
     classifier = Classifier(args.model)
     classifier.register(args.register)
@@ -117,8 +117,8 @@ def _classify(args: argparse.Namespace) -> None:
 
 
 def _provenance(args: argparse.Namespace) -> None:
-    from doctrain.metrics import describe_operating_point
     from doctrain.onnx_model import format_record, read_metadata
+    from doctrain.operating_point import describe_operating_point
 
     record = read_metadata(args.model)
     if not record:

@@ -26,8 +26,9 @@ from tqdm import tqdm
 
 from doctrain import _io, images, plots
 from doctrain.cache import Cache
-from doctrain.metrics import FPR_TARGETS, describe_operating_point, roc_points, verification_metrics
+from doctrain.metrics import FPR_TARGETS, roc_points, verification_metrics
 from doctrain.onnx_model import read_metadata, session
+from doctrain.operating_point import describe_operating_point
 
 BATCH = 64
 BASELINE_SIDE = 12

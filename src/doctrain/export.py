@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from doctrain import _io, provenance
-from doctrain.lit_module import EmbeddingModule
-from doctrain.metrics import describe_operating_point, operating_point
+from doctrain.model import EmbeddingNet, load_trained
 from doctrain.onnx_model import to_metadata
+from doctrain.operating_point import describe_operating_point, operating_point
 
 WRAPPERS: dict[str, type[nn.Module]] = {}
 
@@ -28,23 +28,12 @@ def register_wrapper(cls: type[nn.Module]) -> type[nn.Module]:
 class WarpFeatureLearning(nn.Module):
     """img float32 [N, 3, H, W] BGR /255 -> feats float32 [N, D], L2-normalised rows."""
 
-    def __init__(self, module: EmbeddingModule):
+    def __init__(self, net: EmbeddingNet):
         super().__init__()
-        self.net = module.net
+        self.net = net
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.net(img)
-
-
-def load_trained(checkpoint: str | Path) -> EmbeddingModule:
-    """The trained module in eval mode on the CPU, loaded strictly (a missing tensor is an error).
-    Hub and local backbone weights are not re-fetched: the checkpoint holds every weight."""
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False)[
-        EmbeddingModule.CHECKPOINT_HYPER_PARAMS_KEY
-    ]
-    model = {**hparams["model"], "pretrained": False, "weights": None}
-    module = EmbeddingModule.load_from_checkpoint(checkpoint, map_location="cpu", strict=True, model=model)
-    return module.eval()
 
 
 def contract_metadata(settings: dict, embed_dim: int, name: str) -> dict:
@@ -78,10 +67,10 @@ def contract_metadata(settings: dict, embed_dim: int, name: str) -> dict:
     }
 
 
-def export(settings: dict, module: EmbeddingModule, out: str | Path, metadata: dict) -> None:
+def export(settings: dict, net: EmbeddingNet, out: str | Path, metadata: dict) -> None:
     """Export, check with onnx.checker (full check) and write atomically."""
     onnx_cfg = settings["onnx"]
-    wrapper = WRAPPERS[onnx_cfg["name"]](module).eval()
+    wrapper = WRAPPERS[onnx_cfg["name"]](net).eval()
     example = tuple(
         torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"]))
         for spec in onnx_cfg["input_shape"].values()
@@ -92,9 +81,11 @@ def export(settings: dict, module: EmbeddingModule, out: str | Path, metadata: d
     }
     options = onnx_cfg["options"]
     with _io.atomic_path(out) as tmp:
-        # The TorchScript-based exporter: it writes the recipe's opset 16 directly, and unlike the
-        # dynamo exporter it embeds no source paths, so the file's bytes do not depend on where the
-        # checkout lives.
+        # The TorchScript-based exporter, though torch deprecates it: it writes the recipe's opset 16.
+        # The dynamo exporter (torch 2.14, onnxscript 0.7.2) writes opset 18 for this model and its
+        # down-conversion to 16 fails in onnx's version converter (`node->hasAttribute(kaxes)`);
+        # it also puts source paths in every node's metadata (416 entries), which would have to be
+        # stripped to keep the bytes independent of where the checkout lives. Measured 2026-12-04.
         torch.onnx.export(
             wrapper,
             example,
@@ -127,11 +118,11 @@ def run_stage(
     name: str,
     lineage: dict,
 ) -> None:
-    module = load_trained(checkpoint)
+    net = load_trained(checkpoint)
     train_facts = json.loads(Path(train_stamp).read_text())
     trained = json.loads(Path(metrics).read_text())
     val = trained["val"]
-    metadata = contract_metadata(settings, module.embed_dim, name)
+    metadata = contract_metadata(settings, net.embed_dim, name)
     metadata.update(lineage)
     metadata.update(
         {
@@ -142,7 +133,7 @@ def run_stage(
             "operating_point": operating_point(val, settings["operating_point"]["fpr"]),
         }
     )
-    export(settings, module, out, metadata)
+    export(settings, net, out, metadata)
     _io.write_stamp(stamp, {}, [out])
     point, given, made = metadata["operating_point"], metadata["input"], metadata["output"]
     opset = settings["onnx"]["options"]["opset_version"]

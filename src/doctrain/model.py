@@ -73,7 +73,28 @@ class EmbeddingNet(nn.Module):
             nn.LayerNorm(embed_dim),
         )
 
+    @property
+    def embed_dim(self) -> int:
+        return self.head[-1].normalized_shape[0]
+
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         features = self.backbone(img)[-1]  # [N, C, h, w]; 256 x 3 x 3 for lcnet_050 at 96 px
         pooled = features.mean(dim=(2, 3))  # [N, C]
         return F.normalize(self.head(pooled), dim=1)
+
+
+def load_trained(checkpoint: str | Path) -> EmbeddingNet:
+    """The trained network of a training checkpoint, in eval mode on the CPU, loaded strictly (a
+    missing or unexpected tensor is an error). The checkpoint's hyper-parameters rebuild it, as
+    `EmbeddingModule.load_from_checkpoint` would, without importing Lightning (about 1 s of an
+    export or verify step's start-up). Hub and local backbone weights are not
+    re-fetched: the checkpoint holds every weight."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model = saved["hyper_parameters"]["model"]
+    net = EmbeddingNet(model["backbone"], model["embed_dim"], replace_components=model["replace_components"])
+    state = saved["state_dict"]
+    weights = {key.removeprefix("net."): value for key, value in state.items() if key.startswith("net.")}
+    net.load_state_dict(weights, strict=True)
+    if model["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    return net.eval()

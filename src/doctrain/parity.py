@@ -17,7 +17,7 @@ import torch
 from doctrain import _io, images, provenance
 from doctrain.cache import Cache
 from doctrain.errors import UserError
-from doctrain.export import load_trained
+from doctrain.model import load_trained
 from doctrain.onnx_model import read_metadata, session
 
 
@@ -53,7 +53,7 @@ def _batches(array: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 def compare(
-    module,
+    net,
     sess: ort.InferenceSession,
     inputs: np.ndarray,
     batch_sizes: list[int],
@@ -64,7 +64,7 @@ def compare(
     figures = {}
     for batch in batch_sizes:
         with torch.no_grad():
-            expected = np.concatenate([module(torch.from_numpy(b)).numpy() for b in _batches(inputs, batch)])
+            expected = np.concatenate([net(torch.from_numpy(b)).numpy() for b in _batches(inputs, batch)])
         got = np.concatenate([sess.run([output_name], {input_name: b})[0] for b in _batches(inputs, batch)])
         diff = np.abs(expected - got)
         cosine = (expected * got).sum(1) / (np.linalg.norm(expected, axis=1) * np.linalg.norm(got, axis=1))
@@ -101,16 +101,16 @@ def verify(settings: dict, checkpoint: str | Path, onnx_path: str | Path, cache_
     if problems:
         return {"passed": False, "contract": problems, "checks": []}
 
-    module = load_trained(checkpoint)
+    net = load_trained(checkpoint)
     val = cache.split("val").head(parity["val_images"])
     real = images.to_input(cache.samples(val))
     rng = np.random.default_rng(0)
     noise = rng.random((parity["random_inputs"], *real.shape[1:]), dtype=np.float32)
     dynamic = not isinstance(sess.get_inputs()[0].shape[0], int)
     batch_sizes = [1, parity["batch_size"]] if dynamic else [1]
-    figures = {"val_images": compare(module, sess, real, batch_sizes, input_name, output_name)}
+    figures = {"val_images": compare(net, sess, real, batch_sizes, input_name, output_name)}
     if len(noise):
-        figures["random_inputs"] = compare(module, sess, noise, batch_sizes, input_name, output_name)
+        figures["random_inputs"] = compare(net, sess, noise, batch_sizes, input_name, output_name)
 
     checks = []
     for source, per_batch in figures.items():
