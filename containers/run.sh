@@ -10,6 +10,7 @@
 #   IMAGE      the image to run (default: doctrain:VERSION, VERSION from containers/version.sh)
 #   DATA_DIR   a data folder to mount at the same path, for manifests that name files there
 #   GPUS       what --gpus gets (default: all; empty: no GPU flag, for machines without one)
+#   SHM_SIZE   shared memory for the loader workers' batches (default: 8g)
 #   USER_ID, GROUP_ID   whom to run as (default: you)
 set -euo pipefail
 
@@ -17,10 +18,12 @@ checkout=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 docker=${DOCKER:-docker}
 image=${IMAGE:-doctrain:$(sh "$checkout/containers/version.sh")}
 gpus=${GPUS-all}
+shm_size=${SHM_SIZE:-8g}
 
-# --ipc=host: loader workers hand batches over through shared memory; the host's /dev/shm has
-# room where a container's default 64 MB does not.
-args=(run --rm --ipc=host
+# Loader workers hand batches over through shared memory, and a container's own /dev/shm is 64 MB:
+# the recipe's 16 workers keep about 1 GB of batches in flight. --shm-size gives the container room
+# of its own, without joining the host's IPC namespace as --ipc=host would.
+args=(run --rm --shm-size="$shm_size"
     -e USER_ID="${USER_ID:-$(id -u)}" -e GROUP_ID="${GROUP_ID:-$(id -g)}"
     -v "$checkout:$checkout" -w "$checkout")
 if [[ -n $gpus && $(basename "$docker") == podman ]]; then

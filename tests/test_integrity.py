@@ -235,3 +235,21 @@ def test_status_says_whether_the_published_model_is_what_the_inputs_build(copy):
         planned.stdout + planned.stderr
     )
     assert "results/smoke.onnx has changed since the verify step wrote it" in said
+
+
+def test_the_installed_snakemake_still_forces_jobs_through_dag_forcefiles():
+    """Issue 25, item 6: a broken step is made to run by adding its stamp to workflow.dag.forcefiles
+    (rules/common.smk, force_if_broken): Snakemake has no public setting that forces one file (its
+    --forcerun takes rules, which would rerun every experiment). Should a Snakemake upgrade drop it,
+    this says so before the integrity tests fail obscurely."""
+    import inspect
+
+    import snakemake.api  # noqa: F401  (snakemake.dag imports only after the package's own order)
+    from snakemake.dag import DAG
+
+    source = inspect.getsource(DAG)
+    assert "self.forcefiles = set()" in source and "self.forcefiles.isdisjoint(job.output)" in source, (
+        "this Snakemake's DAG no longer has forcefiles, through which doctrain reruns a step whose "
+        "stamp no longer holds: port force_if_broken in rules/common.smk, or pin the Snakemake of "
+        "envs/requirements.txt"
+    )

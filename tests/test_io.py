@@ -71,3 +71,28 @@ def test_stamp_records_the_digest_of_each_artefact(tmp_path):
     _io.write_stamp(tmp_path / "stamp.json", {"epoch": 3}, [artefact])
     stamp = json.loads((tmp_path / "stamp.json").read_text())
     assert stamp == {"epoch": 3, "artefacts": {str(artefact): _io.sha256_file(artefact)}}
+
+
+def test_a_published_file_reaches_the_disk_before_its_name_and_its_name_before_what_follows(
+    tmp_path, monkeypatch
+):
+    """Issue 25, item 3: the rename was not synced, so after a power loss a published file could be
+    empty while the stamp written after it vouched for its bytes."""
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    _io.write_text_atomic(tmp_path / "model.onnx", "bytes")
+    assert events == ["fsync file", "rename", "fsync folder"]
+    assert (tmp_path / "model.onnx").read_text() == "bytes"

@@ -35,9 +35,21 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # The bytes reach the disk before the name does, and the rename before anything that vouches
+        # for the file (its stamp): after a power loss, a published name holds what its stamp says.
+        _fsync(tmp_path)
         os.replace(tmp_path, target)
+        _fsync(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:

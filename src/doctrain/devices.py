@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import fcntl
 import os
+import stat
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -45,21 +46,55 @@ def _report_release(what: str) -> None:
     print(f"{what} released at {_now()}", flush=True)
 
 
-def _shared(path: Path, mode: int) -> None:
-    """Let every user's jobs use the lock folder and files (only their creator may change modes)."""
+def _lock_folder() -> Path:
+    """The shared lock folder, made sticky and writable by all where this process creates it, and
+    refused where another user could swap the lock files in it: a symlink, not a folder, or
+    writable by others without the sticky bit."""
     try:
-        path.chmod(mode)
-    except PermissionError:
+        LOCK_DIR.mkdir(parents=True)
+        LOCK_DIR.chmod(0o1777)  # the umask narrowed mkdir's mode; this process owns the new folder
+    except FileExistsError:
         pass
+    found = LOCK_DIR.lstat()
+    if stat.S_ISLNK(found.st_mode) or not stat.S_ISDIR(found.st_mode):
+        problem = "is a symlink" if stat.S_ISLNK(found.st_mode) else "is not a folder"
+    elif found.st_mode & 0o022 and not found.st_mode & stat.S_ISVTX:
+        problem = "is writable by others without the sticky bit, so anyone can replace its lock files"
+    else:
+        return LOCK_DIR
+    raise UserError(
+        f"GPU lock folder {LOCK_DIR} {problem}; remove it (or set DOCTRAIN_GPU_LOCKS to a folder of yours)"
+    )
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor to lock: the file created here (readable by every user's jobs, which lock it
+    through a read-only descriptor), or the one another job created, opened without following a
+    symlink and never changed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        os.fchmod(fd, 0o644)  # whatever the umask, other users' jobs must be able to open it
+        return fd
+    except FileExistsError:
+        pass
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:  # ELOOP: a symlink planted where a lock file belongs
+        raise UserError(f"GPU lock file {path} cannot be opened safely ({exc.strerror}); remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"GPU lock file {path} is not a regular file; remove it")
+    return fd
+
+
+def _lock_path(device: str) -> Path:
+    return LOCK_DIR / f"gpu-{device}.lock"
 
 
 def _try_lock(device: str) -> IO | None:
-    if not LOCK_DIR.is_dir():
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        _shared(LOCK_DIR, 0o1777)
-    path = LOCK_DIR / f"gpu-{device}.lock"
-    handle = open(path, "a")
-    _shared(path, 0o666)
+    _lock_folder()
+    path = _lock_path(device)
+    handle = os.fdopen(_open_lock_file(path), "rb")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -108,7 +143,7 @@ def claim_gpu(who: str, count: int = 1, poll_s: float = 2.0) -> list[str] | None
             noun = "GPU" if count == 1 else "GPUs"
             print(
                 f"{who}: {noun} {claimed} claimed at {_now()} (of {','.join(devices)}; "
-                f"lock {', '.join(handle.name for _, handle in held)})",
+                f"lock {', '.join(str(_lock_path(device)) for device, _ in held)})",
                 flush=True,
             )
             atexit.register(_report_release, f"{who}: {noun} {claimed}")
