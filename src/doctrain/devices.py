@@ -75,12 +75,15 @@ def _open_lock_file(path: Path) -> int:
         fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         os.fchmod(fd, 0o644)  # whatever the umask, other users' jobs must be able to open it
         return fd
-    except FileExistsError:
+    except (FileExistsError, PermissionError):  # another job's, or a folder this user cannot write
         pass
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:  # ELOOP: a symlink planted where a lock file belongs
-        raise UserError(f"GPU lock file {path} cannot be opened safely ({exc.strerror}); remove it") from None
+        raise UserError(
+            f"GPU lock file {path} cannot be opened safely ({exc.strerror}); remove it, or set "
+            "DOCTRAIN_GPU_LOCKS to a folder of yours"
+        ) from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise UserError(f"GPU lock file {path} is not a regular file; remove it")
