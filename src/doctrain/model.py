@@ -87,8 +87,8 @@ def load_trained(checkpoint: str | Path) -> EmbeddingNet:
     """The trained network of a training checkpoint, in eval mode on the CPU, loaded strictly (a
     missing or unexpected tensor is an error). The checkpoint's hyper-parameters rebuild it, as
     `EmbeddingModule.load_from_checkpoint` would, without importing Lightning (about 1 s of an
-    export or verify step's start-up). Hub and local backbone weights are not
-    re-fetched: the checkpoint holds every weight."""
+    export or verify step's start-up). Hub and local backbone weights are not re-fetched: the
+    checkpoint holds every weight."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model = saved["hyper_parameters"]["model"]
     net = EmbeddingNet(model["backbone"], model["embed_dim"], replace_components=model["replace_components"])
