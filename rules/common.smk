@@ -1,5 +1,6 @@
 # Parse-time helpers only: find and validate the experiments, and build each rule's params from
 # its stage's declaration (src/doctrain/stages.py). The work itself is in src/doctrain.
+import functools
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ SRC = Path(workflow.basedir) / "src"
 # The library runs from the checkout, also inside containers.
 sys.path.insert(0, str(SRC))
 
-from doctrain import experiments, fingerprint, integrity, scheduling, stages
+from doctrain import _io, experiments, fingerprint, integrity, scheduling, stages
 from doctrain.container import check_present, image as container_image
 from doctrain.config import canonical_json, parse_overrides
 from doctrain.errors import UserError
@@ -85,8 +86,12 @@ def code(stage):
 ENVIRONMENT = fingerprint.environment_digest()
 
 
+def manifest_of(exp):
+    return EXPERIMENTS[exp]["data"]["manifest"]
+
+
 def manifest(w):
-    return EXPERIMENTS[w.exp]["data"]["manifest"]
+    return manifest_of(w.exp)
 
 
 def fingerprinted_manifest(w):
@@ -119,30 +124,57 @@ def dataset_fingerprint_path(exp):
     return f"results/{exp}/dataset.fingerprint.json"
 
 
-# Jobs on a cluster parse this file again; only the main process looks at the data and the results.
-BREAKS = {}
-if workflow.is_main_process:
-    _hashes = fingerprint.HashCache(fingerprint.HASH_CACHE)
-    fingerprint.refresh_dataset_fingerprints(
-        {
-            dataset_fingerprint_path(exp): cfg["data"]["manifest"]
-            for exp, cfg in EXPERIMENTS.items()
-            if FOUND.owner(exp) == exp
-        },
-        _hashes,
-    )
-    BREAKS = {exp: integrity.first_break(exp, _hashes, FOUND.owner(exp)) for exp in EXPERIMENTS}
-    _hashes.save()
+# Planning writes nothing: what the hashes learnt is saved once a run holds Snakemake's lock
+# (onstart: not in a dry run, a lint, a DAG or a report), and each stage adds what it wrote
+# (_io.write_stamp). Jobs on a cluster parse this file again; only the main process checks the data
+# and the results, and only for the experiments the run plans (the input functions below).
+@functools.cache
+def hashes():
+    return _io.HashCache(_io.HASH_CACHE)
+
+
+@functools.cache
+def first_break(exp):
+    return integrity.first_break(exp, hashes(), FOUND.owner(exp)) if workflow.is_main_process else None
+
+
+@functools.cache
+def current_fingerprint(manifest):
+    """Experiments often share a manifest: its files are looked at once a run."""
+    return fingerprint.dataset_fingerprint(manifest, hashes())
+
+
+onstart:
+    _io.HASH_CACHE.parent.mkdir(exist_ok=True)  # where the stages record what they hash
+    hashes().save()
 
 
 PRODUCERS = stages.producers()
 
 
+def force(path, message):
+    """Make the job writing `path` run again, as --forcerun would, but only where the requested
+    targets need it (workflow.dag.forcefiles: no public setting forces one file; a test guards it)."""
+    if path not in workflow.dag.forcefiles:
+        logger.warning(f"doctrain: {message}")
+        workflow.dag.forcefiles.add(path)
+
+
 def force_if_broken(stage_name, exp):
-    damage = BREAKS.get(exp)
-    if damage is not None and damage.stage == stage_name and damage.stamp not in workflow.dag.forcefiles:
-        logger.warning(f"doctrain: {damage.message(exp)}")
-        workflow.dag.forcefiles.add(damage.stamp)
+    damage = first_break(exp)
+    if damage is not None and damage.stage == stage_name:
+        force(damage.stamp, damage.message(exp))
+
+
+def force_if_data_changed(exp):
+    """A dataset fingerprint whose manifest or listed files changed is written again by its job
+    (validate and every later step follow), so planning shows the rerun without writing it."""
+    if workflow.is_main_process and integrity.data_changed(exp, current_fingerprint(manifest_of(exp))):
+        force(
+            dataset_fingerprint_path(exp),
+            f"{exp}: the data listed in {manifest_of(exp)} changed since it was fingerprinted; "
+            "validate and every step after it run again",
+        )
 
 
 _TOLD = set()

@@ -16,7 +16,7 @@ rule synth:
 rule dataset_fingerprint:
     input:
         manifest=fingerprinted_manifest,
-        chain=lambda w: force_if_broken("dataset_fingerprint", w.exp) or [],
+        chain=lambda w: force_if_broken("dataset_fingerprint", w.exp) or force_if_data_changed(w.exp) or [],
     output:
         "results/{exp}/dataset.fingerprint.json",
     log:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +73,8 @@ def test_a_manifest_row_that_fails_validation_fails_every_rerun(copy):
         result = snakemake(copy, TARGET)
         assert result.returncode != 0 and "file data/synth/smoke/missing.png does not exist" in output(result)
     manifest.write_text(original)
-    assert plan(copy)[0] == {"validate", "prepare"} | FROM_TRAIN  # rebuilt as the opset case shows
+    # The data changed back: fingerprinted again, and rebuilt (to the same bytes, as the opset case shows)
+    assert plan(copy)[0] == {"dataset_fingerprint", "validate", "prepare"} | FROM_TRAIN
 
 
 def flip_published_byte(workdir: Path) -> None:
@@ -184,6 +187,14 @@ def test_a_damaged_hash_cache_is_discarded_with_a_warning(copy):
     (copy / ".doctrain" / "hash-cache.json").write_bytes(b"\x80\x04garbage")
     jobs, said = plan(copy)
     assert jobs == set() and "hash-cache.json is damaged; files are hashed again" in said
+    assert (copy / ".doctrain" / "hash-cache.json").read_bytes() == b"\x80\x04garbage"  # plans write nothing
+    subprocess.run(  # what checks, and does not plan, saves what it hashed
+        [sys.executable, "-m", "doctrain", "status", "smoke"],
+        cwd=copy,
+        env={**os.environ, "PYTHONPATH": str(copy / "src")},
+        capture_output=True,
+        check=True,
+    )
     assert json.loads((copy / ".doctrain" / "hash-cache.json").read_text())["format"]
 
 
@@ -209,9 +220,6 @@ def test_a_damaged_resume_checkpoint_is_set_aside_and_training_starts_over(built
 
 def test_status_says_whether_the_published_model_is_what_the_inputs_build(copy):
     def status(*experiments: str) -> tuple[int, str]:
-        import subprocess
-        import sys
-
         result = subprocess.run(
             [sys.executable, "-m", "doctrain", "status", *(experiments or ["smoke"])],
             cwd=copy,

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from doctrain import _io
-from doctrain.fingerprint import HashCache
+from doctrain._io import HashCache
 
 
 def test_published_files_follow_the_umask_not_mkstemp(tmp_path):

@@ -40,7 +40,7 @@ def test_smoke_pipeline_runs_as_slurm_jobs_and_a_failed_step_reruns_to_the_local
     image = next((workdir / "data/synth/smoke/train").rglob("*.png"))
     good = image.read_bytes()
     image.write_bytes(b"not a png")
-    failed = on_slurm(cluster, workdir, TARGET)
+    failed = on_slurm(cluster, workdir, TARGET, "--retries", "0")  # the profile's retry would fail alike
     assert failed.returncode != 0
     assert "does not decode as an image" in failed.stdout + failed.stderr
     assert not (workdir / "results/smoke/data/validated.parquet").exists()
@@ -52,87 +52,76 @@ def test_smoke_pipeline_runs_as_slurm_jobs_and_a_failed_step_reruns_to_the_local
     print("\n".join(line for line in (result.stdout + result.stderr).splitlines() if "sbatch" in line))
     print("\n".join(f"{j['id']} {j['state']} {j['tres']} {j['comment']}" for j in jobs))
     rules = [(re.match(r"rule_(\w+?)_wildcards", j["comment"]).group(1), j["state"]) for j in jobs]
-    assert [rule for rule, state in rules if state != "COMPLETED"] == ["validate"]
+    assert [(rule, state) for rule, state in rules if state != "COMPLETED"] == [("validate", "FAILED")]
     assert {rule for rule, _ in rules} == set(RULES)
     assert [rule for rule, _ in rules].count("train") == 1
     assert not [job for job in jobs if "gpu" in job["tres"]], "the smoke config trains on the CPU"
 
 
-def _stop_the_training_job(cluster, workdir: Path, how: tuple[str, ...], retries: str) -> tuple[str, str]:
-    """Train RESUMABLE on SLURM (a copy of the smoke build: only the training runs), and once its
-    log shows epoch 1 under way, `scontrol`/`scancel` its job with `how` + the job's id. Returns the
-    job's id and Snakemake's output; asserts that Snakemake ended well."""
+TRAINED = f"results/{RESUMABLE}/model.stamp.json"
+
+
+def _resume_point(log_text: str) -> tuple[int, int]:
+    """(epoch, batch) where the training's log says it resumed."""
+    resumed = re.search(r"resuming from .*last\.ckpt at batch (\d+) of epoch (\d+) ", log_text)
+    assert resumed, log_text[-3000:]
+    return int(resumed.group(2)), int(resumed.group(1))
+
+
+def test_a_requeued_then_signalled_training_job_resumes_each_time_to_the_uninterrupted_weights(
+    cluster, built, resumable, tmp_path
+):
+    """RESUMABLE's training as one SLURM job (a copy of the smoke build: only the training runs),
+    stopped twice, each time once its log shows an epoch 40 % done:
+      1. in epoch 1, `scontrol requeue`, what SLURM does to a job it preempts with
+         PreemptMode=REQUEUE: SIGTERM to every process, then the same job from its start. The
+         training saves after the batch in progress and the job's second start continues there;
+      2. in epoch 2, `scancel --signal=USR1`, what `--signal=USR1@SECONDS` (profiles/slurm) does
+         before a time limit: the training saves and fails, and Snakemake's retry continues there.
+    It ends at the weights and the log of the same training run locally without a stop."""
+    workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
     write_sweep(workdir, "resume", RESUMABLE_SWEEP)
     run = subprocess.Popen(
-        [
-            *SNAKEMAKE,
-            *ON_SLURM,
-            "--latency-wait",
-            "5",
-            "--retries",
-            retries,
-            f"results/{RESUMABLE}/model.stamp.json",
-        ],
+        [*SNAKEMAKE, *ON_SLURM, "--latency-wait", "5", "--retries", "1", TRAINED],
         cwd=workdir,
         env=snakemake_env(SLURM_CONF=cluster.env["SLURM_CONF"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    log, deadline = workdir / f"results/{RESUMABLE}/logs/train.log", time.monotonic() + 300
-    while not (log.exists() and re.search(r"Epoch 1:\s+[4-9]\d%", log.read_text(errors="replace"))):
-        assert time.monotonic() < deadline and run.poll() is None, "the training never reached epoch 1"
-        time.sleep(0.2)
-    queue = cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%i %k").stdout.split("\n")
-    job = next(line.split()[0] for line in queue if "rule_train" in line)
-    cluster.run(*how, job)
-    if how[1] == "requeue":
-        # SLURM holds a requeued job for two minutes before it may start again; not the test's point.
-        while cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() != "PENDING":
-            assert run.poll() is None, "the requeued job never waited to start again"
+    log = workdir / f"results/{RESUMABLE}/logs/train.log"
+    said = []
+    for epoch, how in ((1, ("scontrol", "requeue")), (2, ("scancel", "--signal=USR1"))):
+        deadline = time.monotonic() + 300
+        under_way = re.compile(rf"Epoch {epoch}:\s+[4-9]\d%")
+        while not (log.exists() and under_way.search(log.read_text(errors="replace"))):
+            assert time.monotonic() < deadline and run.poll() is None, f"no epoch {epoch} in the log"
             time.sleep(0.2)
-        cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+        said.append(log.read_text(errors="replace"))
+        queue = cluster.run("squeue", "-h", "-t", "RUNNING", "-o", "%i %k").stdout.split("\n")
+        job = next(line.split()[0] for line in queue if "rule_train" in line)
+        cluster.run(*how, job)
+        if how[1] == "requeue":
+            # SLURM holds a requeued job for two minutes before it may start again; not the test's point.
+            while cluster.run("squeue", "-h", "-j", job, "-o", "%T").stdout.strip() != "PENDING":
+                assert run.poll() is None, "the requeued job never waited to start again"
+                time.sleep(0.2)
+            cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     output, _ = run.communicate(timeout=400)
     assert run.returncode == 0, output[-4000:]
-    return job, output
 
-
-def _resumed_where_it_stopped_to_the_local_weights(workdir: Path, resumable: Path) -> None:
-    log = (workdir / f"results/{RESUMABLE}/logs/train.log").read_text(errors="replace")
-    resumed = re.search(r"resuming from .*last\.ckpt at batch (\d+) of epoch (\d+) ", log)
-    # Past the point written after epoch 1's first batch: saved where the signal stopped it.
-    assert resumed and (int(resumed.group(2)), int(resumed.group(1))) > (1, 1), log[-3000:]
-    assert state_sha(workdir, RESUMABLE) == state_sha(resumable, RESUMABLE)
-    train_log = f"results/{RESUMABLE}/train_log.csv"
-    assert (workdir / train_log).read_bytes() == (resumable / train_log).read_bytes()
-
-
-def test_a_requeued_training_job_continues_inside_its_epoch_to_the_uninterrupted_weights(
-    cluster, built, resumable, tmp_path
-):
-    """What SLURM does to a job it preempts with PreemptMode=REQUEUE, or an admin's requeue: SIGTERM
-    to every process, then the same job from its start. The training saves after the batch in
-    progress; the job's second start continues there, and Snakemake sees one job that completed."""
-    workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
-    job, output = _stop_the_training_job(cluster, workdir, ("scontrol", "requeue"), retries="0")
     shown = cluster.run("scontrol", "show", "job", job).stdout
-    assert "Restarts=1" in shown and "JobState=COMPLETED" in shown, shown
-    _resumed_where_it_stopped_to_the_local_weights(workdir, resumable)
-
-
-def test_a_signalled_training_job_saves_and_its_retry_continues_to_the_uninterrupted_weights(
-    cluster, built, resumable, tmp_path
-):
-    """What `--signal=USR1@SECONDS` (profiles/slurm) does before a time limit, sent at once: the
-    training saves after the batch in progress and fails; Snakemake's retry continues there."""
-    workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
-    job, output = _stop_the_training_job(cluster, workdir, ("scancel", "--signal=USR1"), retries="1")
+    assert "Restarts=1" in shown and "JobState=FAILED" in shown, shown  # requeued once, then signalled
     trainings = [
         j for j in sacct(cluster) if j["comment"].startswith("rule_train") and RESUMABLE in j["comment"]
     ]
-    assert [j["state"] for j in trainings][-2:] == ["FAILED", "COMPLETED"], trainings
-    assert trainings[-2]["id"] == job
-    _resumed_where_it_stopped_to_the_local_weights(workdir, resumable)
+    assert [j["state"] for j in trainings][-2:] == ["FAILED", "COMPLETED"] and trainings[-2]["id"] == job
+    # Each start continued where the stop saved, past the point written after the epoch's first batch.
+    assert _resume_point(said[1]) > (1, 1)
+    assert _resume_point(log.read_text(errors="replace")) > (2, 1)
+    assert state_sha(workdir, RESUMABLE) == state_sha(resumable, RESUMABLE)
+    train_log = f"results/{RESUMABLE}/train_log.csv"
+    assert (workdir / train_log).read_bytes() == (resumable / train_log).read_bytes()
 
 
 def test_two_ranks_train_as_one_job_of_two_srun_tasks_to_the_local_weights(cluster, two_ranks, tmp_path):

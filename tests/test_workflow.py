@@ -143,7 +143,7 @@ def test_added_manifest_row_reruns_validation_and_after(restore):
     first = lines[1].split(",")
     shutil.copy(manifest.parent / first[0], manifest.parent / "extra.png")
     manifest.write_text("\n".join([*lines, f"extra.png,{first[1]},{first[2]},"]) + "\n")
-    assert plan(restore) == AFTER_VALIDATE
+    assert plan(restore) == {"dataset_fingerprint"} | AFTER_VALIDATE
 
 
 def test_image_bytes_changed_in_place_rerun_validation_and_after(restore):
@@ -154,7 +154,29 @@ def test_image_bytes_changed_in_place_rerun_validation_and_after(restore):
     content[-20] ^= 0xFF  # inside the PNG's last chunk
     image.write_bytes(bytes(content))
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # even with its old mtime restored
-    assert plan(restore) == AFTER_VALIDATE
+    before = _files(restore)
+    planned = snakemake(restore, "-n", TARGET)
+    assert set(planned_jobs(planned)) == {"dataset_fingerprint"} | AFTER_VALIDATE
+    assert "smoke: the data listed in data/synth/smoke/manifest.csv changed since it was fingerprinted" in (
+        planned.stdout + planned.stderr
+    )
+    # Issue 25, item 2: planning wrote the new fingerprint and the hash cache before Snakemake's lock.
+    for args in (
+        ["--lint"],
+        ["--dag", "dot", TARGET],
+        ["--report", str(restore.parent / "report.html"), TARGET],
+    ):
+        assert snakemake(restore, *args).returncode == 0, args
+    assert _files(restore) == before, "planning, a lint, a DAG or a report wrote in the checkout"
+
+
+def _files(workdir: Path) -> dict[str, tuple[str, int]]:
+    """Every file of a checkout but Snakemake's own folder, by content and mtime."""
+    return {
+        str(path.relative_to(workdir)): (_io.sha256_file(path), path.stat().st_mtime_ns)
+        for path in workdir.rglob("*")
+        if path.is_file() and ".snakemake" not in path.relative_to(workdir).parts
+    }
 
 
 def _edit_module(workdir: Path, module: str, old: str, new: str) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,5 +90,93 @@ def write_stamp(stamp: str | Path, record: dict, artefacts: list[str | Path]) ->
     """Write a stage's stamp: `record` plus the sha256 of each artefact it vouches for, keyed by the
     path the stage was given. It is written last, so it exists only for a finished stage, and the
     workflow checks the artefacts against it before trusting them (doctrain.integrity)."""
-    record = dict(record, artefacts={os.fspath(path): sha256_file(path) for path in artefacts})
-    write_json_atomic(stamp, record)
+    digests = {os.fspath(path): sha256_file(path) for path in artefacts}
+    write_json_atomic(stamp, dict(record, artefacts=digests))
+    if HASH_CACHE.parent.is_dir():  # in a checkout the workflow runs in: the next plan reads no byte
+        cache = HashCache(HASH_CACHE)
+        for path, digest in digests.items():
+            cache.remember(path, digest)
+        cache.save()
+
+
+HASH_CACHE = Path(".doctrain") / "hash-cache.json"  # relative to the workflow's working directory
+
+
+def _identity(st: os.stat_result) -> int:
+    """(size, mtime_ns, ctime_ns, inode) as one 64-bit integer: Python's hash of a tuple of ints,
+    which is the same in every process (only str and bytes hashes are salted). Cheap to store, load
+    and compare for 100,000 files; two different identities meet by chance once in about 2**64
+    changes, and a Python whose hash differs only costs one more reading of each file."""
+    return hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+
+
+class HashCache:
+    """sha256 of files, remembered by (size, mtime_ns, ctime_ns, inode): a file is re-read only when
+    one of these changed. ctime matters: an in-place edit that restores the old mtime still moves it.
+
+    Stored as JSON, one "sha256 identity" string per path: as fast to load as a pickle, and unlike
+    one it cannot run code. A damaged file is discarded with a warning."""
+
+    FORMAT = "doctrain-hash-cache/3"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.dirty = False
+        self.entries: dict[str, str] = {}
+        try:
+            with open(self.path, "rb") as handle:
+                stored = json.load(handle)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            stored = exc
+        self.dirty = True  # rewritten unless it loads as it is
+        if isinstance(stored, dict) and "format" in stored and stored["format"] != self.FORMAT:
+            return  # written by another doctrain version: files are hashed again, nothing is wrong
+        if (
+            isinstance(stored, dict)
+            and isinstance(stored.get("files"), dict)
+            and all(isinstance(v, str) for v in stored["files"].values())
+        ):
+            self.entries, self.dirty = stored["files"], False
+        else:
+            print(f"doctrain: warning: {self.path} is damaged; files are hashed again", file=sys.stderr)
+
+    def sha256(self, path: str | Path) -> str | None:
+        """The file's digest, or None when there is no readable regular file at `path`."""
+        key = os.fspath(path)
+        try:
+            st = os.stat(key)
+        except (OSError, ValueError):  # missing, a symlink loop, ENOTDIR, a name too long, a NUL
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        identity = str(_identity(st))
+        cached = self.entries.get(key)
+        if cached is not None and cached[65:] == identity and cached[64:65] == " ":
+            return cached[:64]
+        try:
+            digest = sha256_file(key)
+        except OSError:
+            return None
+        self.entries[key] = f"{digest} {identity}"
+        self.dirty = True
+        return digest
+
+    def remember(self, path: str | Path, digest: str) -> None:
+        """Record a digest just computed elsewhere (a stage hashing what it wrote)."""
+        self.entries[os.fspath(path)] = f"{digest} {_identity(os.stat(path))}"
+        self.dirty = True
+
+    def save(self) -> None:
+        """Merge what this process learnt into the file, under a lock: two runs in one checkout
+        each add their entries instead of the last writer replacing the other's."""
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            merged = {**HashCache(self.path).entries, **self.entries}
+            with atomic_path(self.path) as tmp, open(tmp, "w") as handle:
+                json.dump({"format": self.FORMAT, "files": merged}, handle, separators=(",", ":"))
+        self.dirty = False

@@ -132,7 +132,7 @@ def _provenance(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from doctrain import experiments, fingerprint, integrity
+    from doctrain import _io, experiments, integrity
 
     found = experiments.find("configs")
     names = found.select(args.experiments)
@@ -141,7 +141,7 @@ def _status(args: argparse.Namespace) -> int:
         names = [n for n in names if n not in unbuilt]
         if unbuilt:
             print(f"not built (name them to check them): {', '.join(unbuilt)}")
-    cache = fingerprint.HashCache(fingerprint.HASH_CACHE)
+    cache = _io.HashCache(_io.HASH_CACHE)
     stale = 0
     for name in names:
         problems = integrity.status(name, found.configs[name], cache, found.owner(name))

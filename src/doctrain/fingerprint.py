@@ -14,13 +14,11 @@ import csv
 import functools
 import hashlib
 import importlib.metadata
-import json
 import os
-import stat
-import sys
 from pathlib import Path
 
 from doctrain import _io
+from doctrain._io import HASH_CACHE, HashCache
 from doctrain.config import canonical_json, get_key
 from doctrain.stages import DATA_STAGES, MODEL_STAGES, STAGES
 
@@ -141,75 +139,6 @@ def environment_digest() -> str:
     return _io.sha256_text("\n".join(sorted(ln for ln in lines if ln)))
 
 
-def _identity(st: os.stat_result) -> int:
-    """(size, mtime_ns, ctime_ns, inode) as one 64-bit integer: Python's hash of a tuple of ints,
-    which is the same in every process (only str and bytes hashes are salted). Cheap to store, load
-    and compare for 100,000 files; two different identities meet by chance once in about 2**64
-    changes, and a Python whose hash differs only costs one more reading of each file."""
-    return hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
-
-
-class HashCache:
-    """sha256 of files, remembered by (size, mtime_ns, ctime_ns, inode): a file is re-read only when
-    one of these changed. ctime matters: an in-place edit that restores the old mtime still moves it.
-
-    Stored as JSON, one "sha256 identity" string per path: as fast to load as a pickle, and unlike
-    one it cannot run code. A damaged file is discarded with a warning."""
-
-    FORMAT = "doctrain-hash-cache/3"
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.dirty = False
-        self.entries: dict[str, str] = {}
-        try:
-            with open(self.path, "rb") as handle:
-                stored = json.load(handle)
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            stored = exc
-        self.dirty = True  # rewritten unless it loads as it is
-        if isinstance(stored, dict) and "format" in stored and stored["format"] != self.FORMAT:
-            return  # written by another doctrain version: files are hashed again, nothing is wrong
-        if (
-            isinstance(stored, dict)
-            and isinstance(stored.get("files"), dict)
-            and all(isinstance(v, str) for v in stored["files"].values())
-        ):
-            self.entries, self.dirty = stored["files"], False
-        else:
-            print(f"doctrain: warning: {self.path} is damaged; files are hashed again", file=sys.stderr)
-
-    def sha256(self, path: str | Path) -> str | None:
-        """The file's digest, or None when there is no readable regular file at `path`."""
-        key = os.fspath(path)
-        try:
-            st = os.stat(key)
-        except (OSError, ValueError):  # missing, a symlink loop, ENOTDIR, a name too long, a NUL
-            return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
-        identity = str(_identity(st))
-        cached = self.entries.get(key)
-        if cached is not None and cached[65:] == identity and cached[64:65] == " ":
-            return cached[:64]
-        try:
-            digest = _io.sha256_file(key)
-        except OSError:
-            return None
-        self.entries[key] = f"{digest} {identity}"
-        self.dirty = True
-        return digest
-
-    def save(self) -> None:
-        if self.dirty:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with _io.atomic_path(self.path) as tmp, open(tmp, "w") as handle:
-                json.dump({"format": self.FORMAT, "files": self.entries}, handle, separators=(",", ":"))
-            self.dirty = False
-
-
 def _listed_paths(manifest: Path) -> list[str]:
     """The files a manifest lists, resolved against its folder ([] when it cannot be read: the
     validation stage reports why). Kept free of pandas: it runs on every Snakemake invocation."""
@@ -260,29 +189,12 @@ def lineage(config: dict) -> dict:
     }
 
 
-HASH_CACHE = Path(".doctrain") / "hash-cache.json"  # relative to the workflow's working directory
-
-
 def dataset_fingerprint(manifest: str | Path, cache: HashCache | None = None) -> str | None:
-    """The text of a dataset fingerprint file (None while the manifest does not exist)."""
+    """The text of a dataset fingerprint file (None while the manifest does not exist). Without a
+    cache given, the checkout's own is used and what it learnt is saved (the workflow's job)."""
     own_cache = cache is None
     cache = cache or HashCache(HASH_CACHE)
     digest = dataset_digest(manifest, cache)
     if own_cache:
         cache.save()
     return None if digest is None else canonical_json(digest) + "\n"
-
-
-def refresh_dataset_fingerprints(targets: dict[str, str], cache: HashCache) -> None:
-    """For each existing fingerprint file (path -> manifest), rewrite it if the data changed.
-
-    Only changed content is written, so a stage that takes the file as input reruns exactly when the
-    manifest or a listed file changed: an mtime-only change leaves the file, and Snakemake's checksum
-    of it, as they were. Missing files are left to the workflow rule that makes them."""
-    texts: dict[str, str | None] = {}  # experiments often share a manifest: hash it once
-    for target, manifest in targets.items():
-        if Path(target).exists():
-            if manifest not in texts:
-                texts[manifest] = dataset_fingerprint(manifest, cache)
-            if texts[manifest] is not None:
-                _io.write_if_changed(target, texts[manifest])

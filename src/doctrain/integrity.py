@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from doctrain.fingerprint import HashCache
+from doctrain._io import HashCache
 from doctrain.stages import DATASET_FINGERPRINT, EXPERIMENT_STAGES, stamp_path
 
 # Each stage's stamp, in pipeline order (paths relative to the workflow directory).
@@ -207,11 +207,17 @@ def built_elsewhere(exp: str) -> str | None:
     return f"built elsewhere: trained on {there}{isa}, {kernels['threads']} threads; this machine has {here}"
 
 
+def data_changed(exp: str, current: str | None) -> bool:
+    """Whether `exp`'s dataset fingerprint records other data than `current` (the fingerprint of
+    its manifest and listed files now); False while there is none yet: its job will make one."""
+    recorded = Path(DATASET_FINGERPRINT.format(exp=exp))
+    return recorded.exists() and recorded.read_text() != current
+
+
 def _data_changed(exp: str, config: dict, cache: HashCache) -> list[str]:
     from doctrain.fingerprint import dataset_fingerprint
 
-    recorded = Path(DATASET_FINGERPRINT.format(exp=exp))
     current = dataset_fingerprint(config["data"]["manifest"], cache)
-    if current is None or not recorded.exists() or recorded.read_text() != current:
+    if not Path(DATASET_FINGERPRINT.format(exp=exp)).exists() or data_changed(exp, current):
         return [f"the data listed in {config['data']['manifest']} changed since it was built"]
     return []
