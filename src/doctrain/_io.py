@@ -121,26 +121,31 @@ class HashCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.dirty = False
-        self.entries: dict[str, str] = {}
+        self.entries, state = self._read(self.path)
+        self.dirty = state != "sound"  # rewritten unless it loads as it is
+        if state == "damaged":
+            print(f"doctrain: warning: {self.path} is damaged; files are hashed again", file=sys.stderr)
+
+    @classmethod
+    def _read(cls, path: Path) -> tuple[dict[str, str], str]:
+        """The stored entries and whether the file was sound, missing, of another doctrain version
+        (files are hashed again, nothing is wrong) or damaged."""
         try:
-            with open(self.path, "rb") as handle:
+            with open(path, "rb") as handle:
                 stored = json.load(handle)
         except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            stored = exc
-        self.dirty = True  # rewritten unless it loads as it is
-        if isinstance(stored, dict) and "format" in stored and stored["format"] != self.FORMAT:
-            return  # written by another doctrain version: files are hashed again, nothing is wrong
+            return {}, "sound"
+        except (OSError, ValueError):
+            return {}, "damaged"
+        if isinstance(stored, dict) and "format" in stored and stored["format"] != cls.FORMAT:
+            return {}, "other version"
         if (
             isinstance(stored, dict)
             and isinstance(stored.get("files"), dict)
             and all(isinstance(v, str) for v in stored["files"].values())
         ):
-            self.entries, self.dirty = stored["files"], False
-        else:
-            print(f"doctrain: warning: {self.path} is damaged; files are hashed again", file=sys.stderr)
+            return stored["files"], "sound"
+        return {}, "damaged"
 
     def sha256(self, path: str | Path) -> str | None:
         """The file's digest, or None when there is no readable regular file at `path`."""
@@ -176,7 +181,7 @@ class HashCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            merged = {**HashCache(self.path).entries, **self.entries}
+            merged = {**self._read(self.path)[0], **self.entries}  # what others saved since we loaded
             with atomic_path(self.path) as tmp, open(tmp, "w") as handle:
                 json.dump({"format": self.FORMAT, "files": merged}, handle, separators=(",", ":"))
         self.dirty = False
