@@ -3,6 +3,7 @@ workflow building a sweep, its compare table, and what a changed grid value reru
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -168,16 +169,43 @@ GRID = [f"smoke-grid.lr-{lr}_m-{m}" for lr in ("0.002", "0.006") for m in ("0.2"
 
 
 @pytest.mark.slow
+def _start(workdir: Path, *args: str) -> subprocess.Popen:
+    """A real snakemake run in the background, one core (two at once share this machine's two)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "1", *args],
+        cwd=workdir,
+        env=snakemake_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_a_sweep_builds_shares_its_data_and_a_changed_value_reruns_only_its_experiments(built, tmp_path):
     """On a copy of the smoke build: the sweep's four experiments share smoke's data stages, so
-    none of those runs again."""
+    none of those runs again. They are built by two snakemake runs at once in the one checkout (two
+    users of a shared workstation): both end correct, and a third run that would build what one of
+    them is building is refused by Snakemake's lock."""
     workdir = Path(shutil.copytree(built, tmp_path / "doctrain", symlinks=True))
-    result = snakemake(workdir, SWEEP, timeout=1500)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert planned_jobs(result) == {
-        **dict.fromkeys(("train", "export", "verify", "evaluate"), 4),
-        "compare": 1,
-    }
+    halves = [[f"results/{name}.onnx" for name in GRID[:2]], [f"results/{name}.onnx" for name in GRID[2:]]]
+    runs = [_start(workdir, *half) for half in halves]
+    deadline = time.monotonic() + 120
+    while not list((workdir / ".snakemake" / "locks").glob("*.output.lock")):
+        assert time.monotonic() < deadline and all(run.poll() is None for run in runs), "no run took its lock"
+        time.sleep(0.2)
+    overlapping = snakemake(workdir, halves[0][0])
+    assert overlapping.returncode != 0
+    assert "Directory cannot be locked" in overlapping.stdout + overlapping.stderr, overlapping.stderr[-2000:]
+    for run in runs:
+        out, _ = run.communicate(timeout=1500)
+        assert run.returncode == 0, out[-3000:]
+        planned = planned_jobs(subprocess.CompletedProcess([], 0, out, ""))
+        assert planned == dict.fromkeys(("train", "export", "verify"), 2)
+    cache = json.loads((workdir / ".doctrain" / "hash-cache.json").read_text())["files"]
+    assert all(f"results/{name}.onnx" in cache for name in GRID), "a run's hash-cache entries were lost"
+    result = snakemake(workdir, SWEEP)
+    # Every model and stamp the two runs wrote is sound: what is left is what neither was asked for.
+    assert planned_jobs(result) == {"evaluate": 4, "compare": 1}
     for name in GRID:
         assert (workdir / f"results/{name}.onnx").exists()
         assert not (workdir / f"results/{name}/cache").exists()
