@@ -1,8 +1,9 @@
 """A stopped training continues to the weights and the whole log of the uninterrupted one
-(doctrain.resume), with a persistent loader worker: killed (-9) early in an epoch and in its middle,
-stopped by SIGTERM in its middle and at its end. The stopped trainings run as processes of their own on the
-smoke build's cache, and are compared with the same training built uninterrupted by Snakemake; the
-SLURM routes (a requeued job, a signalled one) are in test_slurm.py."""
+(doctrain.resume), with a persistent loader worker: killed (-9) in the middle of an epoch, stopped
+by SIGTERM in its middle and at its end. The stopped trainings run as processes of their own on the
+smoke build's cache, and are compared with the same training built uninterrupted by Snakemake: the
+weights, the CSV log, and the log as TensorBoard's reader shows it. The SLURM routes (a requeued
+job, a signalled one) are in test_slurm.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import json, sys
 from pathlib import Path
 from doctrain import training
 settings, cache, work = json.loads(Path(sys.argv[1]).read_text()), sys.argv[2], Path(sys.argv[3])
-result = training.train(settings, cache, work, resume_key="this training")
+result = training.train(settings, cache, work, resume_key="this training", tensorboard_dir=work.parent / "tb")
 result["log"].write_log(work / "published_log.csv")
 print("RESULT", json.dumps({key: result[key] for key in ("state_dict_sha256", "selected_epoch", "train")}))
 """
@@ -77,9 +78,9 @@ def train(settings_file: Path, cache: Path, work: Path, stop: tuple[int, int] | 
 @pytest.mark.parametrize(
     "signum, percent",
     [
-        # in epoch 1: back to the point after its first batch (a kill later in the epoch returns to
-        # the same point, only with more batches to train again)
-        (signal.SIGKILL, 10),
+        # in the middle of epoch 1: back to the point after its first batch; what was logged after
+        # that point and reached the disk before the kill is logged again, and shown once
+        (signal.SIGKILL, 60),
         (signal.SIGTERM, 47),  # in its middle (often on batch 16, whose log row comes after the hooks)
         (signal.SIGTERM, 97),  # at its end (often after it: the point is the next epoch's start)
     ],
@@ -112,6 +113,19 @@ def test_a_stopped_training_resumes_to_the_uninterrupted_weights_and_log(
     assert result["state_dict_sha256"] == state_sha(resumable, RESUMABLE)
     published = (resumable / f"results/{RESUMABLE}/train_log.csv").read_text()
     assert (work / "published_log.csv").read_text() == published  # every step's and every epoch's row
+    # TensorBoard shows one run: what the stopped process logged after the resume point is hidden.
+    watched = scalars(tmp_path / "tb")
+    assert "train/loss_step" in watched and "val/auroc" in watched, sorted(watched)
+    assert watched == scalars(resumable / f"results/{RESUMABLE}/tensorboard")
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard log folder as TensorBoard's own reader shows it: tag -> (step, value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
 def test_only_a_checkpoint_that_does_not_load_is_damage(tmp_path, monkeypatch):

@@ -43,6 +43,25 @@ def test_smoke_build_publishes_a_verified_model(built):
     assert plan(built) == set()
 
 
+def test_tensorboard_lists_each_experiment_with_its_scalars_and_figures(built):
+    """What `tensorboard --logdir results` reads, read by TensorBoard's own multiplexer."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    watched = EventMultiplexer(size_guidance={"scalars": 0, "images": 0})
+    watched.AddRunsFromDirectory(str(built / "results"))
+    watched.Reload()
+    assert list(watched.Runs()) == ["smoke/tensorboard"]
+    tags = watched.Runs()["smoke/tensorboard"]
+    logged = {"train/loss_step", "train/loss_epoch", "train/lr", "val/auroc", "val/tpr@0.01"}
+    assert logged <= set(tags["scalars"])
+    assert set(tags["images"]) == {"roc", "training_curves"}
+    log = (built / "results/smoke/train_log.csv").read_text().splitlines()
+    steps = [int(row.split(",")[1]) for row in log[1:] if row.split(",")[1]]
+    assert max(e.step for e in watched.Scalars("smoke/tensorboard", "val/auroc")) == max(steps)
+    figure = watched.Images("smoke/tensorboard", "roc")[-1]
+    assert figure.step >= max(steps) and figure.width > 100
+
+
 def test_the_shipped_file_is_evaluated_on_every_pair_with_intervals(restore):
     built = restore
     result = snakemake(built, EVALUATION)

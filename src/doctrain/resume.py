@@ -95,8 +95,8 @@ class ResumePoint(Callback):
             self.stopped = True
 
     def _save(self, trainer) -> None:
-        if trainer.logger is not None:
-            trainer.logger.save()  # the CSV on disk holds every row logged so far
+        for logger in trainer.loggers:
+            logger.save()  # the CSV on disk holds every row logged so far, the events are flushed
         trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, to continue from
 
     def _this_log(self) -> list[dict[str, str]]:

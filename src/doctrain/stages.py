@@ -117,7 +117,11 @@ PIPELINE: tuple[Stage, ...] = (
             "stamp": "results/{exp}/model.stamp.json",
         },
         stamp="stamp",
-        values={"name": "{exp}", "work_dir": "results/{exp}/work/train"},
+        values={
+            "name": "{exp}",
+            "work_dir": "results/{exp}/work/train",
+            "tensorboard_dir": "results/{exp}/tensorboard",
+        },
         computed=("resume_key",),
         reports={
             "metrics": "metrics.rst",

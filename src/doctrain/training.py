@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from doctrain import _io, plots
+from doctrain import _io, plots, tensorboard_log
 from doctrain.cache import Cache
 from doctrain.config import ranks
 from doctrain.dataset import loaders
@@ -87,11 +87,14 @@ def train(
     name: str = "model",
     resume_key: str = "",
     init_from: str | Path | None = None,
+    tensorboard_dir: str | Path | None = None,
 ) -> dict | None:
     """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (see _fit), or
-    None in the ranks other than 0 of a training in several processes."""
+    None in the ranks other than 0 of a training in several processes. TensorBoard's events go to
+    `tensorboard_dir` (by default `tensorboard` beside the work folder)."""
+    tensorboard_dir = Path(tensorboard_dir or Path(work_dir).parent / "tensorboard")
     with _without_noise():
-        return _fit(settings, cache_dir, work_dir, name, resume_key, init_from)
+        return _fit(settings, cache_dir, work_dir, name, resume_key, init_from, tensorboard_dir)
 
 
 # Training speed of the demo's lcnet_050 at 96 px on one CPU core (153 samples/s on 2 cores,
@@ -167,6 +170,7 @@ def _fit(
     name: str,
     resume_key: str,
     init_from: str | Path | None,
+    tensorboard_dir: Path,
 ) -> dict | None:
     """Fit, pick the best epoch by val/auroc, evaluate it; return paths and figures (None on ranks
     other than 0).
@@ -215,6 +219,11 @@ def _fit(
         default_root_dir=work_dir,
     )
     resume_from = resumable(work_dir, resume_key, prepare=trainer.is_global_zero)
+    # Added once the resume point is known: a resumed training's events continue from it.
+    trainer.loggers = [
+        *trainer.loggers,
+        tensorboard_log.logger(tensorboard_dir, resume_from, prepare=trainer.is_global_zero),
+    ]
     cache = Cache(cache_dir)
     train_loader, val_loader = loaders(cache, settings, trainer.global_rank, trainer.world_size)
     resume_point = ResumePoint(
@@ -280,6 +289,7 @@ def _fit(
             "classes": num_classes,
         },
         "log": resume_point,
+        "global_step": trainer.global_step,
     }
 
 
@@ -334,11 +344,12 @@ def run_stage(
     stamp: str | Path,
     name: str,
     work_dir: str | Path,
+    tensorboard_dir: str | Path,
     resume_key: str,
 ) -> None:
     """Train on the cache whose summary (its stamp) is `cache`, from the network of the checkpoint
     `init_from` where there is one."""
-    result = train(settings, Path(cache).parent, work_dir, name, resume_key, init_from)
+    result = train(settings, Path(cache).parent, work_dir, name, resume_key, init_from, tensorboard_dir)
     if result is None:
         return  # a rank other than 0 of a training in several processes
     selection = {
@@ -351,6 +362,9 @@ def run_stage(
     result["log"].write_log(Path(log_csv))
     plots.roc_curves({"val, pairs within batches": (result["roc"], result["val"])}, name, roc_png)
     plots.training_curves(log_csv, name, curves_png)
+    tensorboard_log.add_figures(
+        Path(tensorboard_dir), {"roc": roc_png, "training_curves": curves_png}, result["global_step"]
+    )
     _io.write_json_atomic(
         metrics,
         {"selected": selection, "train": result["train"], "val": result["val"], "roc": result["roc"]},
