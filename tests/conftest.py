@@ -118,11 +118,12 @@ def image_tree(tmp_path: Path) -> Path:
 
 
 # One training as two CPU ranks (gloo): a sweep point of the smoke experiment, so it shares the
-# smoke data; validation in three batches of 6, so the ranks share them unevenly.
+# smoke data; its 9 validation images (3 classes; the other 3 calibrate) in three batches of 4, 4
+# and 1, so the ranks share them unevenly.
 TWO_RANKS = "ranks.devices-2"
 TWO_RANK_SWEEP = {
     "base": "smoke",
-    "set": {"data.val_batch_size": 6, "schedule.epochs": 4},
+    "set": {"data.val_batch_size": 4, "schedule.epochs": 4},
     "grid": {"trainer.devices": [2]},
 }
 

@@ -35,6 +35,8 @@ def test_stage_without_settings_names_the_keys_it_needs(capsys):
         "m",
         "--validation-report",
         "r",
+        "--cache",
+        "k",
         "--out",
         "o",
         "--stamp",

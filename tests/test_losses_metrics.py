@@ -69,9 +69,9 @@ def test_schedule_warms_up_then_decays_linearly_to_zero():
 
 
 def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
-    from doctrain.operating_point import describe_operating_point, operating_point
+    from doctrain.operating_point import SELECTION_PAIRS, describe_operating_point, operating_point
 
-    val = {
+    figures = {
         "at_fpr": {
             "0.0001": {"tpr": 0.1, "threshold": 0.99, "resolvable": False},
             "0.001": {"tpr": 0.2, "threshold": 0.95, "resolvable": False},
@@ -79,30 +79,29 @@ def test_operating_point_falls_back_to_the_smallest_resolvable_fpr():
             "0.1": {"tpr": 0.9, "threshold": 0.8, "resolvable": True},
         }
     }
-    assert operating_point(val, 1e-3) == {
+    pairs = "90 calibration pairs"
+    assert operating_point(figures, 1e-3, pairs) == {
         "fpr": 0.01,
         "requested_fpr": 1e-3,
         "tpr": 0.5,
         "threshold": 0.9,
         "resolvable": True,
+        "chosen_on": pairs,
     }
-    assert "not at the requested FPR 0.001, which the validation pairs cannot resolve" in (
-        describe_operating_point(operating_point(val, 1e-3))
+    assert "not at the requested FPR 0.001, which these pairs cannot resolve" in (
+        describe_operating_point(operating_point(figures, 1e-3, pairs))
     )
-    assert operating_point(val, 0.1)["threshold"] == 0.8
-    assert describe_operating_point(operating_point(val, 0.1)) == (
-        "operating threshold 0.8000 at FPR 0.1 (TPR there 0.900)"
+    assert operating_point(figures, 0.1, pairs)["threshold"] == 0.8
+    assert describe_operating_point(operating_point(figures, 0.1, pairs)) == (
+        "operating threshold 0.8000 at FPR 0.1 (TPR there 0.900), chosen on 90 calibration pairs"
     )
-    for figures in val["at_fpr"].values():
-        figures["resolvable"] = False
-    assert operating_point(val, 1e-3) | {} == {
-        "fpr": 0.1,
-        "requested_fpr": 1e-3,
-        "tpr": 0.9,
-        "threshold": 0.8,
-        "resolvable": False,
-    }
-    assert "rough guess" in describe_operating_point(operating_point(val, 1e-3))
+    earlier = operating_point(figures, 0.1, pairs)
+    del earlier["chosen_on"]  # a model exported before thresholds were calibrated
+    assert describe_operating_point(earlier).endswith(f"chosen on {SELECTION_PAIRS}")
+    for entry in figures["at_fpr"].values():
+        entry["resolvable"] = False
+    assert operating_point(figures, 1e-3, pairs)["fpr"] == 0.1
+    assert "rough guess" in describe_operating_point(operating_point(figures, 1e-3, pairs))
 
 
 def test_the_schema_offers_exactly_the_registered_margins():

@@ -29,6 +29,39 @@ def test_without_split_column_some_labels_are_held_out(tmp_path):
     assert held == set(manifest.validate(tmp_path / "m.csv").query("split == 'val'")["label"])
 
 
+def test_half_the_validation_classes_calibrate_the_threshold_unless_the_manifest_says(tmp_path):
+    rows = [
+        {
+            "path": str(write_png(tmp_path / f"{split}{i}-{k}.png", i * 2 + k)),
+            "label": f"{split}{i}",
+            "split": split,
+        }
+        for split, classes in (("train", 3), ("val", 5))
+        for i in range(classes)
+        for k in range(2)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    table = manifest.validate(tmp_path / "m.csv")
+    calibration = set(table.loc[table["split"] == "calibration", "label"])
+    assert (
+        len(calibration) == 2
+        and set(table.loc[table["split"] == "val", "label"]) == {f"val{i}" for i in range(5)} - calibration
+    )
+    assert set(table.loc[table["split"] == "train", "label"]) == {"train0", "train1", "train2"}
+    # the choice depends on the labels, not on the order of the rows
+    pd.DataFrame(rows[::-1]).to_csv(tmp_path / "reversed.csv", index=False)
+    reversed_table = manifest.validate(tmp_path / "reversed.csv")
+    assert set(reversed_table.loc[reversed_table["split"] == "calibration", "label"]) == calibration
+    # too few validation classes to halve (each half needs data.min_classes_per_split): none moves
+    assert "calibration" not in set(manifest.validate(tmp_path / "m.csv", min_classes=3)["split"])
+    # the manifest's own calibration rows are used as they are
+    rows[-1]["split"] = rows[-2]["split"] = "calibration"
+    rows[-3]["split"] = rows[-4]["split"] = "calibration"
+    pd.DataFrame(rows).to_csv(tmp_path / "own.csv", index=False)
+    own = manifest.validate(tmp_path / "own.csv")
+    assert set(own.loc[own["split"] == "calibration", "label"]) == {"val3", "val4"}
+
+
 def test_every_problem_is_listed_with_file_and_line(image_tree):
     frame = manifest.build(image_tree)
     good_sha = hashlib.sha256((image_tree / frame["path"][1]).read_bytes()).hexdigest()
@@ -64,7 +97,7 @@ def test_every_problem_is_listed_with_file_and_line(image_tree):
     assert f"{where}:12: file {image_tree / 'missing.png'} does not exist" in message
     assert f"{where}:13: file {image_tree / 'broken.png'} does not decode as an image" in message
     assert f"{where}:14: duplicate path {frame['path'][0]} (first listed at {where}:2)" in message
-    assert f"{where}:15: split 'holdout' is not one of ['train', 'val', 'test']" in message
+    assert f"{where}:15: split 'holdout' is not one of ['train', 'val', 'calibration', 'test']" in message
 
 
 def test_parquet_column_of_the_wrong_type(tmp_path):

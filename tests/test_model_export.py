@@ -14,6 +14,7 @@ from doctrain.fingerprint import stage_settings
 from doctrain.lit_module import EmbeddingModule
 from doctrain.manifest import validate
 from doctrain.model import EmbeddingNet, load_trained
+from doctrain.operating_point import SELECTION_PAIRS
 from doctrain.training import save_checkpoint
 
 SIZE = 64
@@ -42,8 +43,9 @@ def trained(tmp_path_factory, config):
         "seed": 1,
         "train_templates": 2,
         "instances_per_train_template": 1,
-        "val_templates": 3,
+        "val_templates": 4,  # 2 select, 2 calibrate
         "photos_per_val_template": 2,
+        "test_templates": 2,
         "width": 96,
     }
     synth.render_dataset(root / "data", settings).to_csv(root / "data" / "manifest.csv", index=False)
@@ -88,9 +90,9 @@ def test_checkpoint_rebuilds_its_model_strictly(trained):
         load_trained(trained / "broken.ckpt")
 
 
-def export_to(path, trained, config):
+def export_to(path, trained, config, extra: dict | None = None):
     net = load_trained(trained / "model.ckpt")
-    meta = export.contract_metadata(stage_settings(config, "export"), 16, "unit")
+    meta = export.contract_metadata(stage_settings(config, "export"), 16, "unit") | (extra or {})
     export.export(stage_settings(config, "export"), net, path, meta)
     return path
 
@@ -173,33 +175,47 @@ def test_every_metadata_value_is_a_json_document(tmp_path, trained, config):
     assert onnx_model.read_metadata(tmp_path / "m.onnx")["input"]["name"] == "img"
 
 
-def test_a_test_split_is_evaluated_once_by_the_shipped_file(tmp_path, trained, config):
-    """Test rows reach the cache (one variant each) and the evaluation, never the training."""
+def test_each_held_out_split_is_evaluated_once_by_the_shipped_file(tmp_path, trained, config):
+    """Calibration and test rows reach the cache (one variant each) and the evaluation, never the
+    training; the shipped threshold is chosen on the calibration pairs and measured on each split."""
     table = pd.read_parquet(trained / "validated.parquet")
-    val = table.index[table["split"] == "val"]
-    table.loc[val[len(val) // 2 :], "split"] = "test"  # the synth data's later val classes
-    table.loc[val[len(val) // 2 :], "label"] += "-t"
-    table.to_parquet(tmp_path / "validated.parquet")
-    cached = tmp_path / "cache"
-    cache.run_stage(
-        stage_settings(config, "prepare"),
-        tmp_path / "validated.parquet",
-        cached / "images.npy",
-        cached / "index.parquet",
-        cached / "summary.json",
+    summary = json.loads((trained / "cache" / "summary.json").read_text())
+    assert set(summary["samples"]) == {"train", "val", "calibration", "test"}
+    opened = cache.Cache(trained / "cache")
+    fallback = {"at_fpr": {"0.1": {"tpr": 0.5, "threshold": 0.7, "resolvable": True}}}
+    point = export.shipped_threshold(load_trained(trained / "model.ckpt"), opened, fallback, 0.1)
+    assert (
+        point["chosen_on"] == "6 calibration pairs (4 images of 2 classes that did not select the checkpoint)"
     )
-    assert set(json.loads((cached / "summary.json").read_text())["samples"]) == {"train", "val", "test"}
-    model = export_to(tmp_path / "m.onnx", trained, config)
+    assert point["threshold"] != 0.7
+    model = export_to(tmp_path / "m.onnx", trained, config, {"operating_point": point})
     (tmp_path / "metrics.json").write_text(json.dumps({"val": {"auroc": 0.5, "at_fpr": {}}}))
     evaluation.run_stage(
         {"evaluation": {"bootstrap_resamples": 100, "seed": 0}},
         model=model,
-        cache=cached / "summary.json",
+        cache=trained / "cache" / "summary.json",
         metrics=tmp_path / "metrics.json",
         roc_png=tmp_path / "roc.png",
         report=tmp_path / "evaluation.json",
         name="unit",
     )
     record = json.loads((tmp_path / "evaluation.json").read_text())
-    assert record["test"]["images"] == (table["split"] == "test").sum() and record["val"]["images"] > 0
+    for split in ("val", "calibration", "test"):
+        assert record[split]["images"] == (table["split"] == split).sum() == 4
+        assert record[split]["role"] == evaluation.ROLES[split]
+        assert record[split]["at_shipped_threshold"]["threshold"] == point["threshold"]
+    assert record["test"]["at_shipped_threshold"]["fpr_95"] is not None
+    # without calibration rows the threshold comes from the selection figures, and says so
+    no_calibration = tmp_path / "no-calibration"
+    table[table["split"] != "calibration"].to_parquet(tmp_path / "validated.parquet")
+    cache.run_stage(
+        stage_settings(config, "prepare"),
+        tmp_path / "validated.parquet",
+        no_calibration / "images.npy",
+        no_calibration / "index.parquet",
+        no_calibration / "summary.json",
+    )
+    point = export.shipped_threshold(None, cache.Cache(no_calibration), fallback, 0.1)
+    assert point["threshold"] == 0.7
+    assert point["chosen_on"] == f"{SELECTION_PAIRS} (there is no calibration split)"
     assert record["artefacts"] == {str(tmp_path / "roc.png"): _io.sha256_file(tmp_path / "roc.png")}

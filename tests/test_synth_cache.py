@@ -10,16 +10,23 @@ SETTINGS = {
     "instances_per_train_template": 1,
     "val_templates": 2,
     "photos_per_val_template": 2,
+    "test_templates": 0,
     "width": 96,
 }
 
 
 def test_synth_is_deterministic_and_zero_shot(tmp_path):
-    first = synth.render_dataset(tmp_path / "a", SETTINGS)
-    second = synth.render_dataset(tmp_path / "b", SETTINGS)
+    first = synth.render_dataset(tmp_path / "a", SETTINGS | {"test_templates": 2})
+    second = synth.render_dataset(tmp_path / "b", SETTINGS | {"test_templates": 2})
     pd.testing.assert_frame_equal(first, second)  # same file digests: byte-identical images
-    train, val = (set(first.loc[first["split"] == s, "label"]) for s in ("train", "val"))
-    assert len(train) == 4 and len(val) == 2 and not train & val
+    train, val, test = (set(first.loc[first["split"] == s, "label"]) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (4, 2, 2) and not train & val and not (train | val) & test
+    assert not set(first.loc[first["split"] == "test", "sha256"]) & set(
+        first.loc[first["split"] != "test", "sha256"]
+    )
+    # a test split leaves the other splits' images as they were
+    without = synth.render_dataset(tmp_path / "d", SETTINGS)
+    pd.testing.assert_frame_equal(without, first[first["split"] != "test"].reset_index(drop=True))
     other = synth.render_dataset(tmp_path / "c", SETTINGS | {"seed": 4})
     assert not set(other["sha256"]) & set(first["sha256"])
 

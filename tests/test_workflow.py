@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from doctrain import _io
+from doctrain.onnx_model import read_metadata
 from tests.conftest import TARGET, copy_workflow, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -69,8 +70,21 @@ def test_the_shipped_file_is_evaluated_on_every_pair_with_intervals(restore):
     assert planned_jobs(result) == {"evaluate": 1}  # the model is not rebuilt to be measured
     record = json.loads((built / EVALUATION).read_text())
     assert record["model"]["sha256"] == _io.sha256_file(built / TARGET)
-    val = record["val"]
-    assert val["images"] == 18 and val["positive_pairs"] == 6 * 3  # every pair, not only within batches
+    val, calibration = record["val"], record["calibration"]
+    # The smoke data's 6 validation classes of 3 photos: 3 select the checkpoint, 3 choose the
+    # threshold; every pair of each is scored, not only those within batches.
+    assert (val["images"], val["classes"], val["positive_pairs"]) == (9, 3, 3 * 3)
+    assert (calibration["images"], calibration["classes"]) == (9, 3)
+    assert val["role"] == "selected the checkpoint" and calibration["role"] == "chose the shipped threshold"
+    shipped = read_metadata(built / TARGET)["operating_point"]
+    assert shipped["chosen_on"].startswith("36 calibration pairs (9 images of 3 classes")
+    assert shipped["fpr"] == 0.1 and shipped["requested_fpr"] == 1e-3  # 27 different-class pairs
+    # measured again on the shipped file's pairs: what it promised, with an interval
+    there = calibration["at_shipped_threshold"]
+    assert there["threshold"] == shipped["threshold"] and there["fpr"] <= 0.1
+    assert there["fpr_95"][0] <= there["fpr"] <= there["fpr_95"][1]
+    # (the pair whose score is the threshold counts at it in the ROC, not in the consumer's strict `>`)
+    assert abs(there["tpr"] - shipped["tpr"]) <= 1 / calibration["positive_pairs"] + 1e-9
     low, high = val["auroc_95"]
     assert low <= val["auroc"] <= high
     assert val["at_fpr"]["0.001"] == {**val["at_fpr"]["0.001"], "resolvable": False, "tpr_95": None}

@@ -9,6 +9,7 @@ Dihedral expansion stores each image once; the variant is applied when a sample 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,12 @@ class Cache:
     def samples(self, rows: pd.DataFrame) -> np.ndarray:
         """uint8 BGR [N, S, S, 3] of index rows (their `image` and `variant`)."""
         return np.stack([self.sample(int(r.image), int(r.variant)) for r in rows.itertuples()])
+
+    def batches(self, split: str, size: int) -> Iterator[np.ndarray]:
+        """A split's samples, in index order, `size` at a time (uint8 BGR [n, S, S, 3])."""
+        rows = self.split(split)
+        for start in range(0, len(rows), size):
+            yield self.samples(rows.iloc[start : start + size])
 
 
 def run_stage(

@@ -1,6 +1,7 @@
 """Metrics of what ships: the published ONNX file, run by onnxruntime as the consumer runs it, on
-every pair of validation images (and of test images, when the manifest has a test split), each
-figure with a 95 % bootstrap interval.
+every pair of each held-out split's images — validation (selected the checkpoint), calibration
+(chose the shipped threshold) and test (used for neither: the figures to quote) where the manifest
+has them — each figure with a 95 % bootstrap interval, and what the shipped threshold accepts there.
 
 The training metrics (metrics.json) are the reference recipe's: the PyTorch checkpoint, pairs
 within each validation batch only, on the split that also selected the checkpoint. They stay, as a
@@ -45,14 +46,12 @@ def embed_split(embed: Callable[[np.ndarray], np.ndarray], cache: Cache, split: 
     pipeline), and the raw-pixel baseline's [N, side²] — the baseline a trained model has to beat:
     each image as a grey side × side thumbnail, its mean subtracted, as a unit row (cosine of raw
     pixels, no learning). Images are read once, a batch at a time."""
-    rows = cache.split(split)
     embeddings, thumbs = [], []
-    for start in range(0, len(rows), BATCH):
-        batch = cache.samples(rows.iloc[start : start + BATCH])
+    for batch in cache.batches(split, BATCH):
         embeddings.append(embed(images.to_input(batch)))
         thumbs += [raw_pixels(image) for image in batch]
     return {
-        "labels": rows["label"].to_numpy(),
+        "labels": cache.split(split)["label"].to_numpy(),
         "model": np.concatenate(embeddings),
         "baseline": np.stack(thumbs),
     }
@@ -78,12 +77,22 @@ def _interval(values: list[float]) -> list[float] | None:
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))] if values else None
 
 
+SHIPPED = ("fpr@shipped", "tpr@shipped")
+
+
 def split_metrics(
-    embeddings: dict[str, np.ndarray], labels: np.ndarray, resamples: int, seed: int, desc: str
+    embeddings: dict[str, np.ndarray],
+    labels: np.ndarray,
+    resamples: int,
+    seed: int,
+    desc: str,
+    thresholds: dict[str, float] | None = None,
 ) -> dict[str, dict]:
-    """Per embedding (name -> [N, D] unit rows): all-pairs AUROC and TPR at each FPR target, each
-    with its bootstrap interval. Every embedding is scored on the same resampled images, so the
-    difference between two of them (`compare`) has an interval of its own."""
+    """Per embedding (name -> [N, D] unit rows): all-pairs AUROC and TPR at each FPR target, and,
+    where `thresholds` gives the embedding one, the FPR and TPR at that threshold, each with its
+    bootstrap interval. Every embedding is scored on the same resampled images, so the difference
+    between two of them (`compare`) has an interval of its own."""
+    thresholds = thresholds or {}
     cosines = {name: e @ e.T for name, e in embeddings.items()}
     everything = np.arange(len(labels))
     figures = {}
@@ -96,8 +105,10 @@ def split_metrics(
             roc=roc_points(scores, same),
             scores=scores,
             same=same,
-            draws={"auroc": [], **{f"tpr@{t:g}": [] for t in FPR_TARGETS}},
+            draws={"auroc": [], **{f"tpr@{t:g}": [] for t in FPR_TARGETS}, **{key: [] for key in SHIPPED}},
         )
+        if name in thresholds:
+            figures[name]["at_shipped_threshold"] = at_threshold(scores, same, thresholds[name])
     rng = np.random.default_rng(seed)
     for _ in tqdm(range(resamples), desc=f"evaluate: {desc} bootstrap", unit="resample", mininterval=2):
         picked = rng.integers(0, len(labels), len(labels))
@@ -110,10 +121,17 @@ def split_metrics(
             draws["auroc"].append(again["auroc"])
             for target, entry in again["at_fpr"].items():
                 draws[f"tpr@{target}"].append(entry["tpr"])
+            if name in thresholds:
+                shipped = at_threshold(s, y, thresholds[name])
+                draws["fpr@shipped"].append(shipped["fpr"])
+                draws["tpr@shipped"].append(shipped["tpr"])
     for fig in figures.values():
         fig["auroc_95"] = _interval(fig["draws"]["auroc"])
         for target, entry in fig["at_fpr"].items():
             entry["tpr_95"] = _interval(fig["draws"][f"tpr@{target}"]) if entry["resolvable"] else None
+        if "at_shipped_threshold" in fig:
+            fig["at_shipped_threshold"]["fpr_95"] = _interval(fig["draws"]["fpr@shipped"])
+            fig["at_shipped_threshold"]["tpr_95"] = _interval(fig["draws"]["tpr@shipped"])
     return figures
 
 
@@ -145,6 +163,12 @@ def at_threshold(scores: np.ndarray, same: np.ndarray, threshold: float) -> dict
     }
 
 
+# What each held-out split is for: which of its figures were free to favour the model.
+ROLES = {
+    "val": "selected the checkpoint",
+    "calibration": "chose the shipped threshold",
+    "test": "used for neither: the figures to quote",
+}
 BASELINE_WHAT = f"cosine of mean-centred grey {BASELINE_SIDE}x{BASELINE_SIDE} thumbnails (no learning)"
 
 
@@ -164,6 +188,10 @@ def _baseline_line(split: str, baseline: dict, comparison: dict) -> str:
     else:
         opening = f"warning: {split}: the model does not clearly beat the raw-pixel baseline ({figures})"
     return f"{opening}; model minus baseline, 95 % interval: {', '.join(parts)}"
+
+
+def _percent_range(pair: list[float] | None) -> str:
+    return f" [{pair[0]:.2%}, {pair[1]:.2%}]" if pair else ""
 
 
 def _line(split: str, figures: dict) -> str:
@@ -197,7 +225,7 @@ def run_stage(
     opened = Cache(Path(cache).parent)
     meta, sess = read_metadata(model), session(model)
     shipped = meta.get("operating_point", {})
-    splits = [s for s in ("val", "test") if len(opened.split(s))]
+    splits = [s for s in ROLES if len(opened.split(s))]
     record: dict = {
         "model": {"path": str(model), "sha256": _io.sha256_file(model)},
         "method": (
@@ -215,16 +243,16 @@ def run_stage(
             options["bootstrap_resamples"],
             options["seed"],
             split,
+            {"model": shipped["threshold"]} if "threshold" in shipped else None,
         )
         figures, baseline = both["model"], both["baseline"]
         comparison = compare(figures, baseline)
-        scores, same = figures.pop("scores"), figures.pop("same")
-        if "threshold" in shipped:
-            figures["at_shipped_threshold"] = at_threshold(scores, same, shipped["threshold"])
         for fig in both.values():
-            fig.pop("draws")
-        for key in ("scores", "same", "images", "classes"):
+            for key in ("scores", "same", "draws"):
+                fig.pop(key)
+        for key in ("images", "classes"):
             baseline.pop(key)
+        figures = {"role": ROLES[split], **figures}
         figures["baseline"] = {"what": BASELINE_WHAT, **baseline}
         figures["against_baseline"] = comparison
         curves[f"{split}, all pairs"] = (figures["roc"], figures)
@@ -244,8 +272,10 @@ def run_stage(
         for split in splits:
             point = record[split]["at_shipped_threshold"]
             print(
-                f"{split} at the shipped threshold {point['threshold']:.4f}: accepts "
-                f"{point['fpr']:.2%} of different-class pairs and {point['tpr']:.2%} of same-class pairs"
+                f"{split} ({ROLES[split]}) at the shipped threshold {point['threshold']:.4f}: accepts "
+                f"{point['fpr']:.2%}{_percent_range(point['fpr_95'])} of different-class pairs (FPR "
+                f"{shipped['fpr']:g} requested) and {point['tpr']:.2%}{_percent_range(point['tpr_95'])} "
+                "of same-class pairs"
             )
     plots.roc_curves(curves, f"{name} (shipped ONNX)", roc_png)
     _io.write_stamp(report, record, [roc_png])

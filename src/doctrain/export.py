@@ -7,14 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from doctrain import _io, provenance
+from doctrain import _io, images, provenance
+from doctrain.cache import Cache
+from doctrain.metrics import pair_scores, verification_metrics
 from doctrain.model import EmbeddingNet, load_trained
 from doctrain.onnx_model import to_metadata
-from doctrain.operating_point import describe_operating_point, operating_point
+from doctrain.operating_point import SELECTION_PAIRS, describe_operating_point, operating_point
 
 WRAPPERS: dict[str, type[nn.Module]] = {}
 
@@ -107,12 +110,36 @@ def export(settings: dict, net: EmbeddingNet, out: str | Path, metadata: dict) -
         onnx.save(model, str(tmp))
 
 
+CALIBRATION_BATCH = 64
+
+
+def shipped_threshold(net: EmbeddingNet, cache: Cache, trained_val: dict, fpr: float) -> dict:
+    """The operating point on every pair of the calibration split, embedded by the network being
+    exported; without a calibration split, from the training's validation figures (the pairs that
+    also selected the checkpoint, and so favour it)."""
+    labels = cache.split("calibration")["label"].to_numpy()
+    if len(set(labels)) < 2:
+        return operating_point(trained_val, fpr, f"{SELECTION_PAIRS} (there is no calibration split)")
+    with torch.no_grad():
+        batches = cache.batches("calibration", CALIBRATION_BATCH)
+        embedded = np.concatenate([net(torch.from_numpy(images.to_input(b))).numpy() for b in batches])
+    figures = verification_metrics(*pair_scores(embedded, labels))
+    pairs = figures["positive_pairs"] + figures["negative_pairs"]
+    return operating_point(
+        figures,
+        fpr,
+        f"{pairs:,} calibration pairs ({len(labels)} images of {len(set(labels))} classes that did not "
+        "select the checkpoint)",
+    )
+
+
 def run_stage(
     settings: dict,
     checkpoint: str | Path,
     train_stamp: str | Path,
     metrics: str | Path,
     validation_report: str | Path,
+    cache: str | Path,
     out: str | Path,
     stamp: str | Path,
     name: str,
@@ -121,7 +148,8 @@ def run_stage(
     net = load_trained(checkpoint)
     train_facts = json.loads(Path(train_stamp).read_text())
     trained = json.loads(Path(metrics).read_text())
-    val = trained["val"]
+    fpr = settings["operating_point"]["fpr"]
+    point = shipped_threshold(net, Cache(Path(cache).parent), trained["val"], fpr)
     metadata = contract_metadata(settings, net.embed_dim, name)
     metadata.update(lineage)
     metadata.update(
@@ -130,12 +158,12 @@ def run_stage(
             "state_dict_sha256": train_facts["state_dict_sha256"],
             "kernels": trained["train"]["kernels"],
             "versions": provenance.software_versions(),
-            "operating_point": operating_point(val, settings["operating_point"]["fpr"]),
+            "operating_point": point,
         }
     )
     export(settings, net, out, metadata)
     _io.write_stamp(stamp, {}, [out])
-    point, given, made = metadata["operating_point"], metadata["input"], metadata["output"]
+    given, made = metadata["input"], metadata["output"]
     opset = settings["onnx"]["options"]["opset_version"]
     print(
         f"exported {out}: {Path(out).stat().st_size:,} bytes, opset {opset}, "

@@ -3,11 +3,14 @@
 Format (CSV or Parquet), one row per image:
   path    image file, relative to the manifest's folder or absolute   (required)
   label   class name                                                   (required)
-  split   train, val or test                                           (optional)
+  split   train, val, calibration or test                              (optional)
   sha256  hex digest of the file's bytes, checked when given           (optional)
 Without a split column, about a fifth of the labels (chosen by a hash of the label, so the choice
 is stable) are held out for validation: validation is zero-shot, on classes never trained on.
-Test rows (never used to train or to select a checkpoint) are evaluated once, by the shipped model.
+Validation selects the checkpoint; the calibration split chooses the threshold the model ships
+with, on pairs that did not select it. Without calibration rows, half of the validation classes
+(picked by a hash of the label) become the calibration split, where there are enough of them.
+Test rows (never used to train, select or calibrate) are evaluated once, by the shipped model.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from doctrain.errors import UserError
 
 REQUIRED = ("path", "label")
 OPTIONAL = ("split", "sha256")
-# A test split is optional: its images are only ever evaluated, once, by the shipped model.
-SPLITS = ("train", "val", "test")
+# Calibration and test splits are optional: the first chooses the shipped threshold, the second is
+# only ever evaluated, once, by the shipped model.
+SPLITS = ("train", "val", "calibration", "test")
 REQUIRED_SPLITS = ("train", "val")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _MAX_LISTED = 200
@@ -90,6 +94,24 @@ _SPLIT_HINT = (
 
 def _held_out(label: str) -> bool:
     return int(hashlib.sha256(label.encode()).hexdigest()[:8], 16) % 5 == 0
+
+
+def calibration_from_validation(splits: list[str], labels: list[str], min_classes: int) -> list[str]:
+    """Where no row is in the calibration split: half of the validation classes (the first half in
+    the order of their labels' sha256, so the choice is stable and independent of row order) become
+    the calibration split, provided both halves keep `min_classes` classes. Fewer pairs for each
+    purpose is the cost of a threshold measured on pairs that did not select the checkpoint."""
+    val = sorted({lb for lb, sp in zip(labels, splits, strict=True) if sp == "val"}, key=_label_order)
+    if "calibration" in splits or len(val) < 2 * min_classes:
+        return splits
+    moved = set(val[: len(val) // 2])
+    return [
+        "calibration" if sp == "val" and lb in moved else sp for sp, lb in zip(splits, labels, strict=True)
+    ]
+
+
+def _label_order(label: str) -> str:
+    return hashlib.sha256(f"calibration:{label}".encode()).hexdigest()
 
 
 @dataclass
@@ -171,6 +193,8 @@ def validate(
         if "split" in frame.columns
         else ["val" if _held_out(label) else "train" for label in frame["label"]]
     )
+    if all(split in SPLITS for split in splits):  # else each wrong split is a row's problem below
+        splits = calibration_from_validation(splits, list(frame["label"]), min_classes)
     first_row_of: dict[str, int] = {}
     for row, (raw_path, label, split, path, check) in enumerate(
         zip(frame["path"], frame["label"], splits, paths, checks, strict=True)

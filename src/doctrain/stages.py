@@ -132,13 +132,14 @@ PIPELINE: tuple[Stage, ...] = (
     Stage(
         "export",
         "doctrain.export",
-        "export the selected checkpoint to ONNX with metadata",
+        "export the selected checkpoint to ONNX with metadata and its threshold (from the calibration pairs)",
         keys=("onnx", "operating_point"),
         inputs={
             "checkpoint": "results/{exp}/model.ckpt",
             "train_stamp": "results/{exp}/model.stamp.json",
             "metrics": "results/{exp}/metrics.json",
             "validation_report": "results/{exp}/data/validation.json",
+            "cache": "results/{exp}/cache/summary.json",
         },
         outputs={
             "out": "results/{exp}/model.unverified.onnx",

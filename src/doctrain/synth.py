@@ -266,19 +266,25 @@ def photograph(image: Image.Image, rng: random.Random) -> Image.Image:
 def render_dataset(out_dir: str | Path, settings: dict) -> pd.DataFrame:
     """Render the demo dataset into out_dir; return its manifest (paths relative to out_dir).
 
-    Template seeds for train and val come from disjoint ranges, so validation is zero-shot."""
+    Template seeds for train, val and test come from disjoint ranges, so validation and test are
+    zero-shot; validation and test images are photographs of their templates."""
     out_dir = Path(out_dir)
     seed, width = settings["seed"], settings["width"]
-    n_train, n_val = settings["train_templates"], settings["val_templates"]
     photos = settings["photos_per_val_template"]
     rows = []
-    jobs = [("train", i, k) for i in range(n_train) for k in range(settings["instances_per_train_template"])]
-    jobs += [("val", i, k) for i in range(n_val) for k in range(photos)]
+    jobs = [
+        ("train", i, k)
+        for i in range(settings["train_templates"])
+        for k in range(settings["instances_per_train_template"])
+    ]
+    jobs += [("val", i, k) for i in range(settings["val_templates"]) for k in range(photos)]
+    jobs += [("test", i, k) for i in range(settings["test_templates"]) for k in range(photos)]
+    first_seed = {"train": 0, "val": 500_000, "test": 750_000}
     for split, index, copy in tqdm(jobs, desc="synth: rendering documents", unit="img", mininterval=1):
-        template_seed = seed * 1_000_003 + (index if split == "train" else 500_000 + index)
+        template_seed = seed * 1_000_003 + first_seed[split] + index
         label = f"{split}_{index:04d}"
         image = Template(template_seed, width).render(instance=copy)
-        if split == "val":
+        if split != "train":
             image = photograph(image, random.Random(template_seed * 31 + copy))
         relative = Path(split) / label / f"{copy:02d}.png"
         (out_dir / relative).parent.mkdir(parents=True, exist_ok=True)
