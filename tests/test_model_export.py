@@ -205,17 +205,27 @@ def test_each_held_out_split_is_evaluated_once_by_the_shipped_file(tmp_path, tra
         assert record[split]["role"] == evaluation.ROLES[split]
         assert record[split]["at_shipped_threshold"]["threshold"] == point["threshold"]
     assert record["test"]["at_shipped_threshold"]["fpr_95"] is not None
+    assert record["artefacts"] == {str(tmp_path / "roc.png"): _io.sha256_file(tmp_path / "roc.png")}
     # without calibration rows the threshold comes from the selection figures, and says so
-    no_calibration = tmp_path / "no-calibration"
-    table[table["split"] != "calibration"].to_parquet(tmp_path / "validated.parquet")
-    cache.run_stage(
-        stage_settings(config, "prepare"),
-        tmp_path / "validated.parquet",
-        no_calibration / "images.npy",
-        no_calibration / "index.parquet",
-        no_calibration / "summary.json",
-    )
-    point = export.shipped_threshold(None, cache.Cache(no_calibration), fallback, 0.1)
+    no_calibration = prepared(table[table["split"] != "calibration"], tmp_path / "no-calibration", config)
+    point = export.shipped_threshold(None, no_calibration, fallback, 0.1)
     assert point["threshold"] == 0.7
     assert point["chosen_on"] == f"{SELECTION_PAIRS} (there is no calibration split)"
-    assert record["artefacts"] == {str(tmp_path / "roc.png"): _io.sha256_file(tmp_path / "roc.png")}
+    # a calibration split without a same-class pair is the user's to mend, said in one sentence
+    singletons = table[(table["split"] != "calibration") | ~table.duplicated("label")]
+    with pytest.raises(UserError, match="calibration split has one image per class"):
+        export.shipped_threshold(None, prepared(singletons, tmp_path / "singletons", config), fallback, 0.1)
+
+
+def prepared(table: pd.DataFrame, folder, config) -> cache.Cache:
+    """The cache of a validated table."""
+    folder.mkdir()
+    table.to_parquet(folder / "validated.parquet")
+    cache.run_stage(
+        stage_settings(config, "prepare"),
+        folder / "validated.parquet",
+        folder / "images.npy",
+        folder / "index.parquet",
+        folder / "summary.json",
+    )
+    return cache.Cache(folder)

@@ -14,6 +14,7 @@ from torch import nn
 
 from doctrain import _io, images, provenance
 from doctrain.cache import Cache
+from doctrain.errors import UserError
 from doctrain.metrics import pair_scores, verification_metrics
 from doctrain.model import EmbeddingNet, load_trained
 from doctrain.onnx_model import to_metadata
@@ -120,6 +121,11 @@ def shipped_threshold(net: EmbeddingNet, cache: Cache, trained_val: dict, fpr: f
     labels = cache.split("calibration")["label"].to_numpy()
     if len(set(labels)) < 2:
         return operating_point(trained_val, fpr, f"{SELECTION_PAIRS} (there is no calibration split)")
+    if len(set(labels)) == len(labels):
+        raise UserError(
+            "the calibration split has one image per class, so no same-class pair to set a threshold "
+            "on: give its classes at least two images each"
+        )
     with torch.no_grad():
         batches = cache.batches("calibration", CALIBRATION_BATCH)
         embedded = np.concatenate([net(torch.from_numpy(images.to_input(b))).numpy() for b in batches])
