@@ -221,6 +221,13 @@ def get_key(config: dict, dotted: str) -> Any:
     return node
 
 
+def flatten(prefix: str, value: Any) -> dict:
+    """{prefix: {"a": {"b": 1}}} as {"prefix.a.b": 1}: one entry per leaf, keyed by dotted path."""
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in flatten(f"{prefix}.{key}", sub).items()}
+    return {prefix: value}
+
+
 def canonical_json(value: Any) -> str:
     """One spelling per value: sorted keys, no spaces (re-ordered YAML gives the same text)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))

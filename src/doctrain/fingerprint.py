@@ -19,22 +19,16 @@ from pathlib import Path
 
 from doctrain import _io
 from doctrain._io import HASH_CACHE, HashCache
-from doctrain.config import canonical_json, get_key
+from doctrain.config import canonical_json, flatten, get_key
 from doctrain.stages import DATA_STAGES, MODEL_STAGES, STAGES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REQUIREMENTS = PACKAGE_DIR.parents[1] / "envs" / "requirements.txt"
 
 
-def _flatten(prefix: str, value) -> dict:
-    if isinstance(value, dict) and value:
-        return {k: v for key, sub in value.items() for k, v in _flatten(f"{prefix}.{key}", sub).items()}
-    return {prefix: value}
-
-
 def dotted_settings(config: dict, stage: str) -> dict:
     """The stage's settings, one entry per leaf (`optimizer.lr`, not the whole `optimizer` block)."""
-    return {k: v for key in STAGES[stage].keys for k, v in _flatten(key, get_key(config, key)).items()}
+    return {k: v for key in STAGES[stage].keys for k, v in flatten(key, get_key(config, key)).items()}
 
 
 def settings_json(config: dict, stage: str) -> str:

@@ -185,6 +185,38 @@ PIPELINE: tuple[Stage, ...] = (
         values={"name": "{exp}"},
         reports={"report": "evaluation.rst", "roc_png": "evaluation_roc.rst"},
     ),
+    Stage(
+        "register",
+        "doctrain.registry",
+        "log the experiment as an MLflow run and register its ONNX file (optional: the [mlflow] extra)",
+        keys=(
+            "seed",
+            "data",
+            "augment",
+            "model",
+            "loss",
+            "optimizer",
+            "schedule",
+            "trainer",
+            "onnx",
+            "operating_point",
+            "parity",
+            "evaluation",
+        ),
+        inputs={
+            "model": "results/{exp}.onnx",
+            "provenance": "results/{exp}/provenance.json",
+            "evaluation": "results/{exp}/evaluation.json",
+            "metrics": "results/{exp}/metrics.json",
+            "log_csv": "results/{exp}/train_log.csv",
+            "roc_png": "results/{exp}/roc.png",
+            "curves_png": "results/{exp}/training_curves.png",
+            "evaluation_roc_png": "results/{exp}/evaluation_roc.png",
+        },
+        outputs={"out": "results/{exp}/mlflow.json"},
+        stamp="out",
+        values={"name": "{exp}"},
+    ),
 )
 STAGES = {stage.name: stage for stage in PIPELINE}
 # Stages whose settings and code shape the exported file (its provenance digests cover these).
