@@ -168,7 +168,6 @@ SWEEP = "results/compare/smoke-grid.md"
 GRID = [f"smoke-grid.lr-{lr}_m-{m}" for lr in ("0.002", "0.006") for m in ("0.2", "0.3")]
 
 
-@pytest.mark.slow
 def _start(workdir: Path, *args: str) -> subprocess.Popen:
     """A real snakemake run in the background, one core (two at once share this machine's two)."""
     return subprocess.Popen(
@@ -181,6 +180,7 @@ def _start(workdir: Path, *args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_a_sweep_builds_shares_its_data_and_a_changed_value_reruns_only_its_experiments(built, tmp_path):
     """On a copy of the smoke build: the sweep's four experiments share smoke's data stages, so
     none of those runs again. They are built by two snakemake runs at once in the one checkout (two
