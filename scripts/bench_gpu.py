@@ -21,56 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from benchlib import WARMUP_STEPS, fit_rate  # noqa: E402
+
 from doctrain.cache import Cache  # noqa: E402
 from doctrain.config import load_config  # noqa: E402
 from doctrain.dataset import loaders  # noqa: E402
 from doctrain.fingerprint import stage_settings  # noqa: E402
-from doctrain.lit_module import EmbeddingModule  # noqa: E402
-
-WARMUP_STEPS = 20  # cuDNN autotuning, worker start-up and allocator growth are left out of the timing
-
-
-class StepTimer(L.Callback):
-    """Wall time of the training batches after the warm-up, synchronised with the GPU."""
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if batch_idx == WARMUP_STEPS:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.started = time.perf_counter()
-
-    def on_train_end(self, trainer, module):
-        torch.cuda.synchronize()
-        self.seconds = time.perf_counter() - self.started
-        self.steps = trainer.global_step - WARMUP_STEPS
-
-
-def fit_rate(settings: dict, loader, num_classes: int, steps: int, precision: str, channels_last: bool):
-    settings = copy.deepcopy(settings)
-    settings["model"]["channels_last"] = channels_last
-    module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch=WARMUP_STEPS + steps)
-    timer = StepTimer()
-    trainer = L.Trainer(
-        max_steps=WARMUP_STEPS + steps,
-        accelerator="gpu",
-        devices=1,
-        precision=precision,
-        gradient_clip_val=settings["trainer"]["gradient_clip_val"],
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, loader)
-    samples = timer.steps * settings["data"]["batch_size"]
-    return samples / timer.seconds, torch.cuda.max_memory_allocated() / 2**20
 
 
 def loader_rate(loader, steps: int) -> float:
@@ -83,10 +43,10 @@ def loader_rate(loader, steps: int) -> float:
 
 
 def resident_batches(loader, steps: int) -> DataLoader:
-    """The loader's first batch, pinned, served `steps` times: the GPU step without the CPU work."""
-    img, labels = next(iter(loader))
-    img, labels = img.pin_memory(), labels.pin_memory()
-    return DataLoader([(img, labels)] * (WARMUP_STEPS + steps), batch_size=None)
+    """The loader's first batch served pinned `steps` times: the GPU step (with the batch's
+    augmentation, which runs on the GPU) without the CPU work."""
+    batch = next(iter(loader))
+    return DataLoader([batch] * (WARMUP_STEPS + steps), batch_size=None, pin_memory=True)
 
 
 def main() -> None:
@@ -130,19 +90,21 @@ def main() -> None:
     train_loader = loaders(cache, settings)[0]
     for precision in args.precisions:
         for channels_last in (False, True):
-            rate, memory = fit_rate(
+            measured = fit_rate(
                 settings,
                 resident_batches(train_loader, args.steps),
                 num_classes,
                 args.steps,
-                precision,
-                channels_last,
+                precision=precision,
+                channels_last=channels_last,
             )
+            rate, memory = measured["samples/s"], measured["peak MiB"]
             rows.append((f"gpu step, {precision}{', channels_last' if channels_last else ''}", rate, memory))
             print(rows[-1], flush=True)
     for precision in args.precisions:
         loader = loaders(cache, settings)[0]
-        rate, memory = fit_rate(settings, loader, num_classes, args.steps, precision, channels_last=False)
+        measured = fit_rate(settings, loader, num_classes, args.steps, precision=precision)
+        rate, memory = measured["samples/s"], measured["peak MiB"]
         rows.append((f"end to end, {precision}, {configured_workers} workers", rate, memory))
         print(rows[-1], flush=True)
 

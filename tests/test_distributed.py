@@ -91,7 +91,7 @@ def test_two_ranks_train_as_one_with_the_figures_of_one_process_and_again_the_sa
     try:
         with torch.no_grad():
             for step, batch in enumerate(val_loader):
-                module.validation_step(batch, step)
+                module.validation_step(module.on_after_batch_transfer(batch, 0), step)
     finally:
         torch.set_num_threads(threads)
     scores, same = distributed.gather_batches(module._val_batches)

@@ -1,70 +1,329 @@
-"""On-the-fly training augmentation, the reference recipe's list built with albumentations."""
+"""Training augmentation, the reference recipe's list, in two halves.
+
+`draw` picks one sample's parameters on the CPU from the sample's own seed (in the loader worker,
+so a run is a function of its seed whatever the device, rank slicing or worker count); `apply` runs
+a batch of them wherever the batch is — the GPU after transfer, or the CPU — on whole batches, with
+plain torch. One implementation for both.
+
+The blocks and their ranges (albumentations 2.0 defaults where the recipe names none):
+  geometric    affine: scale 0.9-1.1 per axis, shift +-6.25 % per axis, rotation +-15 deg, about
+               the centre, the uncovered border constant (black), reflected or replicated;
+  degradation  one of: Gaussian noise (std 0.02-0.1), Gaussian blur (3 or 5 px, sigma 0.5-3),
+               motion blur (3-7 px, any angle, direction -1..1, shifted), defocus (radius 1-3,
+               alias blur 0.1-0.5), spatter rain, spatter mud, coarse dropout (1-4 holes, 5-20 %
+               of each side, random fill);
+  colour       one of: histogram equalisation per channel, colour jitter (brightness, contrast,
+               saturation 0.7-1.3, hue +-0.05 of the circle, applied in a random order).
+Each block fires independently at its configured p. Where this differs from the albumentations
+path it replaced: pixels are BGR floats in [0, 1] throughout (no rounding to uint8 after each
+block); the hue turns in YIQ, not HSV; rain drops are shaded by an emboss of the blurred liquid
+layer, not by Canny edges and a distance transform; the reflected border mirrors about the edge
+pixel (OpenCV's REFLECT_101, as before).
+"""
 
 from __future__ import annotations
 
-import os
-import random
+import math
 
 import cv2
 import numpy as np
+import torch
 
-# albumentations otherwise asks the network for a newer release at import time.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-import albumentations as A  # noqa: E402
+from doctrain import images
 
-# "Random border": the area uncovered by a shift or rotation is filled one of these ways.
-_BORDERS = (cv2.BORDER_CONSTANT, cv2.BORDER_REFLECT_101, cv2.BORDER_REPLICATE)
+BORDERS = ("constant", "reflect", "replicate")
+_PADDING = {"constant": "zeros", "reflect": "reflection", "replicate": "border"}
+DEGRADATIONS = ("noise", "gaussian_blur", "motion_blur", "defocus", "rain", "mud", "dropout")
+COLOURS = ("equalize", "jitter")
+JITTERS = ("brightness", "contrast", "saturation", "hue")
+KERNEL_SIZE = 9  # every blur kernel fits: Gaussian <= 5, motion <= 7, defocus radius 3 + its 3 x 3 alias blur
+MAX_HOLES = 4
+NONE = -1
+# Spatter, albumentations' constants: liquid layer ~ N(0.65, 0.3) blurred at sigma 2, cut below 0.68.
+_LIQUID_MEAN, _LIQUID_STD, _LIQUID_SIGMA, _LIQUID_CUT, _SPATTER_INTENSITY = 0.65, 0.3, 2.0, 0.68, 0.6
+_RAIN_COLOUR, _MUD_COLOUR = (238, 238, 175), (20, 42, 63)  # applied to the channels in this order
 
 
-def build(settings: dict) -> A.Compose | None:
-    """The augmentation pipeline for `augment` settings (None when switched off).
+def _gaussian(sigma: float, size: int) -> torch.Tensor:
+    line = torch.from_numpy(cv2.getGaussianKernel(size, sigma)).float()
+    return (line @ line.T)[None]
 
-    Works on uint8 BGR [H, W, 3]; the colour transforms treat channels symmetrically except hue,
-    whose jitter is random anyway."""
-    if not settings["enabled"]:
-        return None
-    geometric = A.OneOf(
-        [
-            A.Affine(
-                scale=(0.9, 1.1),
-                translate_percent=(-0.0625, 0.0625),
-                rotate=(-15, 15),
-                border_mode=mode,
-                p=1.0,
+
+_LIQUID_BLUR = _gaussian(_LIQUID_SIGMA, 2 * round(3 * _LIQUID_SIGMA) + 1)
+_EMBOSS = torch.tensor([[[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]])
+_DROP_BLUR = _gaussian(1.5, 5)
+_GREY = torch.tensor([0.114, 0.587, 0.299])  # luma weights of B, G, R
+
+
+def draw(settings: dict, seed: int, size: int) -> dict[str, np.ndarray]:
+    """One sample's parameters for the `augment` settings, from its seed alone. Every sample draws
+    the same numbers in the same order whether a block fires or not, so the blocks are independent
+    and a setting changes only what it names."""
+    rng = np.random.default_rng(seed)
+    p = [settings["shift_scale_rotate_p"], settings["degradation_p"], settings["colour_p"]]
+    fires = (rng.random(3) < p) & settings["enabled"]
+    border, degradation, colour = rng.integers(len(BORDERS)), rng.integers(len(DEGRADATIONS)), rng.integers(2)
+    geometry = rng.uniform([0.9, 0.9, -0.0625, -0.0625, -15], [1.1, 1.1, 0.0625, 0.0625, 15])
+    blurs = rng.uniform([0, 0.5, 0, 0, -1, -1, -1, 1, 0.1], [2, 3, 3, 360, 1, 1, 1, 4, 0.5])
+    holes = rng.random((5, MAX_HOLES))
+    kind = DEGRADATIONS[degradation] if fires[1] else None
+    return {
+        "border": np.int64(border if fires[0] else NONE),
+        "affine": _affine_matrix(geometry, size),
+        "degradation": np.int64(degradation if fires[1] else NONE),
+        "noise_std": np.float32(rng.uniform(0.02, 0.1)),
+        "kernel": _blur_kernel(kind, blurs),
+        "holes": _holes(holes, size),
+        "pixel_seed": np.int64(rng.integers(2**31 - 1)),
+        "colour": np.int64(colour if fires[2] else NONE),
+        "jitter": rng.uniform([0.7, 0.7, 0.7, -0.05], [1.3, 1.3, 1.3, 0.05]).astype(np.float32),
+        "jitter_order": rng.permutation(len(JITTERS)),
+    }
+
+
+def _affine_matrix(geometry: np.ndarray, size: int) -> np.ndarray:
+    """Source-to-destination pixel matrix [2, 3]: scale per axis, rotate about the centre, shift."""
+    scale_x, scale_y, shift_x, shift_y, degrees = geometry
+    angle = math.radians(degrees)
+    cos, sin = math.cos(angle), math.sin(angle)
+    linear = np.array([[cos * scale_x, -sin * scale_y], [sin * scale_x, cos * scale_y]])
+    centre = (size - 1) / 2
+    offset = centre + np.array([shift_x, shift_y]) * size - linear.sum(axis=1) * centre
+    return np.hstack([linear, offset[:, None]]).astype(np.float32)
+
+
+def _blur_kernel(kind: str | None, numbers: np.ndarray) -> np.ndarray:
+    """The normalised KERNEL_SIZE-square kernel of a firing blur degradation from its uniform
+    numbers (Gaussian size and sigma, motion size, angle, direction and shift, defocus radius and
+    alias blur); the identity for any other sample."""
+    gaussian_size, sigma, motion_size, angle, direction, shift_x, shift_y, radius, alias = numbers
+    if kind == "gaussian_blur":
+        line = cv2.getGaussianKernel(3 + 2 * int(gaussian_size), sigma)
+        chosen = line @ line.T
+    elif kind == "motion_blur":
+        chosen = _motion_kernel(3 + 2 * int(motion_size), angle, direction, (shift_x, shift_y))
+    elif kind == "defocus":
+        grid = np.arange(KERNEL_SIZE) - KERNEL_SIZE // 2
+        disk = (grid[:, None] ** 2 + grid[None, :] ** 2 <= int(radius) ** 2).astype(np.float64)
+        chosen = cv2.GaussianBlur(disk / disk.sum(), (3, 3), alias, borderType=cv2.BORDER_CONSTANT)
+    else:
+        chosen = np.ones((1, 1))
+    kernel = np.zeros((KERNEL_SIZE, KERNEL_SIZE), dtype=np.float32)
+    pad = (KERNEL_SIZE - len(chosen)) // 2
+    kernel[pad : pad + len(chosen), pad : pad + len(chosen)] = chosen / chosen.sum()
+    return kernel
+
+
+def _motion_kernel(size: int, angle: float, direction: float, shift: tuple[float, float]) -> np.ndarray:
+    """A line through the kernel at `angle` degrees, biased forward (direction > 0) or backward,
+    shifted off the centre by up to a quarter of its length (albumentations' construction)."""
+    half = size // 2
+    start, end = -half * (1 - max(direction, 0)), half * (1 - max(-direction, 0))
+    t = np.linspace(start, end, size)
+    x = half + math.cos(math.radians(angle)) * t + shift[0] * half / 2
+    y = half + math.sin(math.radians(angle)) * t + shift[1] * half / 2
+    kernel = np.zeros((size, size))
+    kernel[np.clip(np.round(y), 0, size - 1).astype(int), np.clip(np.round(x), 0, size - 1).astype(int)] = 1
+    return kernel
+
+
+def _holes(numbers: np.ndarray, size: int) -> np.ndarray:
+    """[MAX_HOLES, 4] rows (top, left, bottom, right) in pixels from uniform numbers [5, MAX_HOLES]
+    (count, heights, widths, tops, lefts); holes beyond the count (1 to MAX_HOLES) are empty."""
+    count = 1 + int(numbers[0, 0] * MAX_HOLES)
+    extents = ((0.05 + 0.15 * numbers[1:3]) * size).astype(np.int64)
+    corners = (numbers[3:5] * (size - extents + 1)).astype(np.int64)
+    holes = np.concatenate([corners, corners + extents]).T
+    holes[count:] = 0
+    return holes
+
+
+def apply(pixels: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """uint8 BGR [N, H, W, 3] and the samples' collated parameters -> the network's float input
+    [N, 3, H, W], on the device the batch is on."""
+    x = images.tensor_input(pixels)
+    x = _geometric(x, params["border"], params["affine"])
+    x = _degrade(x, params)
+    return _colour(x, params["colour"], params["jitter"], params["jitter_order"])
+
+
+def _rows(selected: torch.Tensor) -> torch.Tensor:
+    return selected.nonzero().flatten()
+
+
+def _geometric(x: torch.Tensor, border: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    rows = _rows(border != NONE)
+    if not len(rows):
+        return x
+    # grid_sample wants destination -> source in [-1, 1] coordinates (pixel centres at the ends).
+    linear, offset = matrix[rows, :, :2].to(x.dtype), matrix[rows, :, 2].to(x.dtype)
+    a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
+    inverse = torch.stack([d, -b, -c, a], dim=1).reshape(-1, 2, 2) / (a * d - b * c)[:, None, None]
+    centre = (x.shape[-1] - 1) / 2
+    shift = (torch.einsum("nij,nj->ni", inverse, centre - offset) - centre) / centre
+    theta = torch.cat([inverse, shift[:, :, None]], dim=2)
+    grid = torch.nn.functional.affine_grid(theta, [len(rows), *x.shape[1:]], align_corners=True)
+    for mode, name in enumerate(BORDERS):
+        subset = (border[rows] == mode).nonzero().flatten()
+        if len(subset):
+            x[rows[subset]] = torch.nn.functional.grid_sample(
+                x[rows[subset]], grid[subset], padding_mode=_PADDING[name], align_corners=True
             )
-            for mode in _BORDERS
-        ],
-        p=settings["shift_scale_rotate_p"],
-    )
-    degradation = A.OneOf(
-        [
-            A.GaussNoise(std_range=(0.02, 0.1), p=1.0),
-            A.GaussianBlur(blur_limit=(3, 5), p=1.0),
-            A.MotionBlur(blur_limit=(3, 7), p=1.0),
-            A.Defocus(radius=(1, 3), p=1.0),
-            A.Spatter(mode="rain", p=1.0),
-            A.Spatter(mode="mud", p=1.0),
-            A.CoarseDropout(
-                num_holes_range=(1, 4),
-                hole_height_range=(0.05, 0.2),
-                hole_width_range=(0.05, 0.2),
-                fill="random",
-                p=1.0,
-            ),
-        ],
-        p=settings["degradation_p"],
-    )
-    colour = A.OneOf(
-        [A.Equalize(p=1.0), A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=1.0)],
-        p=settings["colour_p"],
-    )
-    return A.Compose([geometric, degradation, colour])
+    return x
 
 
-def seeded(pipeline: A.Compose, seed: int) -> A.Compose:
-    """`pipeline` set to draw one sample's augmentation from `seed`: one numpy and one Python
-    generator, shared down the pipeline, so each block draws in turn and fires at its own p,
-    independently of the others. (albumentations' `set_random_seed` gives every block a generator
-    of the same seed: the blocks then make the same first draw, and fire together or not at all.)"""
-    pipeline.set_random_state(np.random.default_rng(seed), random.Random(seed))
-    return pipeline
+def _degrade(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    kind, seeds = params["degradation"], params["pixel_seed"]
+    rows = _rows(kind == DEGRADATIONS.index("noise"))
+    if len(rows):
+        std = params["noise_std"][rows].to(x.dtype)[:, None, None, None]
+        x[rows] = (x[rows] + std * normal(seeds[rows], x.shape[1:], x.device)).clamp(0, 1)
+    rows = _rows((kind >= DEGRADATIONS.index("gaussian_blur")) & (kind <= DEGRADATIONS.index("defocus")))
+    if len(rows):
+        x[rows] = _filter(x[rows], params["kernel"][rows].to(x.dtype), "reflect")
+    for mode in ("rain", "mud"):
+        rows = _rows(kind == DEGRADATIONS.index(mode))
+        if len(rows):
+            x[rows] = _spatter(x[rows], seeds[rows], mode)
+    rows = _rows(kind == DEGRADATIONS.index("dropout"))
+    if len(rows):
+        x[rows] = _dropout(x[rows], params["holes"][rows], seeds[rows])
+    return x
+
+
+def _spatter(x: torch.Tensor, seeds: torch.Tensor, mode: str) -> torch.Tensor:
+    n, _, height, width = x.shape
+    liquid_blur = _LIQUID_BLUR.to(x).expand(n, -1, -1)
+    layer = _LIQUID_MEAN + _LIQUID_STD * normal(seeds, (1, height, width), x.device)
+    layer = _filter(layer, liquid_blur, "replicate")
+    layer = torch.where(layer < _LIQUID_CUT, 0.0, layer)
+    if mode == "rain":
+        shade = _filter(layer, _EMBOSS.to(x).expand(n, -1, -1), "replicate")
+        shade = _filter(shade, _DROP_BLUR.to(x).expand(n, -1, -1), "replicate").relu()
+        drops = _per_sample_unit(layer * shade) * _SPATTER_INTENSITY * 0.9
+        return (x + drops * _colour_tensor(_RAIN_COLOUR, x)).clamp(0, 1)
+    mask = _filter((layer > _LIQUID_CUT).to(x.dtype), liquid_blur, "replicate")
+    mask = _per_sample_unit(mask) * _SPATTER_INTENSITY
+    return x * (1 - mask) + mask * _colour_tensor(_MUD_COLOUR, x)
+
+
+def _filter(x: torch.Tensor, kernels: torch.Tensor, border: str) -> torch.Tensor:
+    """Each image [N, C, H, W] correlated with its own square kernel [N, K, K], every channel alike,
+    the border extended as `border` (torch's pad modes: reflect is OpenCV's REFLECT_101)."""
+    n, channels, height, width = x.shape
+    size = kernels.shape[-1]
+    padded = torch.nn.functional.pad(x.reshape(1, n * channels, height, width), [size // 2] * 4, mode=border)
+    weights = kernels.repeat_interleave(channels, dim=0)[:, None]
+    return torch.nn.functional.conv2d(padded, weights, groups=n * channels).view(n, channels, height, width)
+
+
+def _per_sample_unit(field: torch.Tensor) -> torch.Tensor:
+    """Each sample's field divided by its maximum (all-zero fields stay zero)."""
+    peak = field.amax(dim=(1, 2, 3), keepdim=True)
+    return field / torch.where(peak > 0, peak, 1.0)
+
+
+def _colour_tensor(colour: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(colour, dtype=like.dtype, device=like.device)[None, :, None, None] / 255
+
+
+def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    ys = torch.arange(height, device=x.device)[None, None, :, None]
+    xs = torch.arange(width, device=x.device)[None, None, None, :]
+    top, left, bottom, right = (holes[..., i, None, None] for i in range(4))
+    inside = ((ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)).any(dim=1, keepdim=True)
+    return torch.where(inside, uniform(seeds, x.shape[1:], x.device).to(x.dtype), x)
+
+
+def _colour(x: torch.Tensor, kind: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    rows = _rows(kind == COLOURS.index("equalize"))
+    if len(rows):
+        x[rows] = _equalize(x[rows])
+    rows = _rows(kind == COLOURS.index("jitter"))
+    if len(rows):
+        x[rows] = _jitter(x[rows], factors[rows].to(x.dtype), order[rows])
+    return x
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV's equalizeHist on each channel of each image, on its 256 grey levels: the levels map
+    through the histogram's cumulative counts, the first level present to black, the last to white
+    (kornia's equalize, measured against the old path, turned flat backgrounds into flat colour)."""
+    n, channels = x.shape[:2]
+    levels = (x * 255).round().long().flatten(2)
+    offsets = torch.arange(n * channels, device=x.device).view(n, channels, 1) * 256
+    counts = torch.bincount((levels + offsets).flatten(), minlength=n * channels * 256).view(n, channels, 256)
+    first = counts.gather(2, (counts > 0).int().argmax(dim=2, keepdim=True))
+    spread = levels.shape[2] - first
+    lut = ((counts.cumsum(dim=2) - first) * 255 / spread.clamp(min=1)).round()
+    lut = torch.where(spread > 0, lut, torch.arange(256, device=x.device, dtype=lut.dtype))
+    return (lut.gather(2, levels) / 255).view_as(x).to(x.dtype)
+
+
+def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """torchvision's colour jitter, each sample's four adjustments in its own order, each a linear
+    map of the colour (x -> A x + b, then clipped): brightness scales, contrast blends with the
+    mean grey, saturation with the pixel's grey, and hue rotates the chroma in YIQ (as DALI does;
+    torchvision shifts it in HSV)."""
+    n = len(x)
+    eye = torch.eye(3, dtype=x.dtype, device=x.device).expand(n, 3, 3)
+    grey = _GREY.to(x)
+    toward_grey = grey[None, :].expand(3, 3)  # each output channel takes the grey of the pixel
+    for position in range(len(JITTERS)):
+        op = order[:, position]
+        factor = factors.gather(1, op[:, None])[:, :, None]
+        scaled = factor * eye
+        matrix = torch.where(
+            (op == JITTERS.index("saturation"))[:, None, None], scaled + (1 - factor) * toward_grey, scaled
+        )
+        matrix = torch.where(
+            (op == JITTERS.index("hue"))[:, None, None], _hue_rotation(factor[:, 0, 0]), matrix
+        )
+        mean_grey = torch.einsum("c,nchw->n", grey, x) / x[0, 0].numel()
+        offset = torch.where(op == JITTERS.index("contrast"), (1 - factor[:, 0, 0]) * mean_grey, 0.0)
+        x = (torch.einsum("nij,njhw->nihw", matrix, x) + offset[:, None, None, None]).clamp(0, 1)
+    return x
+
+
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])[:, [2, 1, 0]]
+_YIQ_INVERSE = torch.linalg.inv(_YIQ)
+
+
+def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
+    """BGR -> BGR matrices [N, 3, 3] turning the hue by `turns` of the circle."""
+    angle = 2 * math.pi * turns
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).reshape(-1, 3, 3)
+    return _YIQ_INVERSE.to(turns) @ rotation @ _YIQ.to(turns)
+
+
+def uniform(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Floats in [0, 1) of `shape` per seed, the same on every device: a counter hashed with the
+    seed (torch's generators differ between CPU and CUDA, and a batch would share their stream)."""
+    counter = torch.arange(math.prod(shape), device=device, dtype=torch.int32)[None]
+    keys = _hash32(seeds.to(device=device, dtype=torch.int32)[:, None])
+    bits = _hash32(counter * _GOLDEN + keys)
+    return (((bits >> 8) & 0xFFFFFF).to(torch.float32) / 2**24).reshape(len(seeds), *shape)
+
+
+def normal(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """Standard normal floats of `shape` per seed (Box-Muller, both of each pair's outputs)."""
+    count = math.prod(shape)
+    pairs = uniform(seeds, (2, (count + 1) // 2), device)
+    radius, angle = torch.sqrt(-2 * torch.log1p(-pairs[:, 0])), 2 * math.pi * pairs[:, 1]
+    both = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+    return both[:, :count].reshape(len(seeds), *shape)
+
+
+# lowbias32's multipliers and the golden ratio's, as the int32 values of their bits: int32 products
+# wrap (tested against numpy's uint32), and int32 runs ~3x faster than int64 here.
+_GOLDEN, _MIX_1, _MIX_2 = 0x9E3779B9 - 2**32, 0x7FEB352D, 0x846CA68B - 2**32
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 on int32 (logical shifts by masking the sign's copies off)."""
+    x = (x ^ ((x >> 16) & 0xFFFF)) * _MIX_1
+    x = (x ^ ((x >> 15) & 0x1FFFF)) * _MIX_2
+    return x ^ ((x >> 16) & 0xFFFF)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
-from doctrain import augment, images
+from doctrain import augment
 from doctrain.cache import Cache
 from doctrain.distributed import RankBatches, RankSlices
 
@@ -58,17 +58,18 @@ class TrainSamples(Dataset):
         self.image, self.variant, self.class_id = (
             self.samples[column].to_numpy() for column in ("image", "variant", "class_id")
         )
-        self.augment = augment.build(augment_settings)
+        self.augment_settings = augment_settings
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, dict[str, np.ndarray]]:
+        """The sample's uint8 pixels (a quarter of the float bytes to the device), its class, and
+        its augmentation's parameters, which doctrain.augment.apply runs on the batch there."""
         row, seed = key
         image = self.cache.sample(int(self.image[row]), int(self.variant[row]))
-        if self.augment is not None:
-            image = augment.seeded(self.augment, seed)(image=image)["image"]
-        return torch.from_numpy(images.to_input(image)[0]), int(self.class_id[row])
+        params = augment.draw(self.augment_settings, seed, image.shape[0])
+        return torch.from_numpy(np.ascontiguousarray(image)), int(self.class_id[row]), params
 
 
 class ValSamples(Dataset):
@@ -87,7 +88,7 @@ class ValSamples(Dataset):
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int]:
         sample = self.samples.iloc[row]
         image = self.cache.sample(int(sample["image"]), int(sample["variant"]))
-        return torch.from_numpy(images.to_input(image)[0]), int(sample["class_id"]), row
+        return torch.from_numpy(np.ascontiguousarray(image)), int(sample["class_id"]), row
 
 
 def _start_worker(worker_id: int) -> None:

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # the inference path (onnxruntime) does not import torch
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Validation applies its own limit (data.max_image_pixels) from the header; Pillow's fixed one would
@@ -53,6 +57,12 @@ def to_input(images: np.ndarray) -> np.ndarray:
     if images.ndim == 3:
         images = images[None]
     return np.ascontiguousarray(images.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+def tensor_input(batch: torch.Tensor) -> torch.Tensor:
+    """to_input for a torch batch where it lies (the GPU after transfer): uint8 BGR [N, H, W, 3]
+    -> float32 [N, 3, H, W] in [0, 1]; the same division, so the same floats."""
+    return batch.permute(0, 3, 1, 2).contiguous().float() / 255.0
 
 
 def load_input(path: str | Path, size: int) -> np.ndarray:

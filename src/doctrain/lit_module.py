@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from doctrain import augment, images
 from doctrain.distributed import gather_batches
 from doctrain.losses import MarginSoftmax
 from doctrain.metrics import pair_scores, verification_metrics
@@ -64,6 +65,14 @@ class EmbeddingModule(L.LightningModule):
         if self.hparams.model["channels_last"]:
             img = img.contiguous(memory_format=torch.channels_last)
         return self.net(img)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """The loaders send uint8 pixels; a training batch, which carries its samples' drawn
+        augmentation parameters, is augmented here, on the device (doctrain.augment)."""
+        pixels, labels, extra = batch
+        if isinstance(extra, dict):
+            return augment.apply(pixels, extra), labels
+        return images.tensor_input(pixels), labels, extra
 
     def training_step(self, batch, batch_idx):
         img, labels = batch

@@ -1,0 +1,110 @@
+"""What the training benchmarks share: Lightning fit steps timed after a warm-up, on a CPU or a GPU,
+with the GPU's utilisation meanwhile. doctrain is imported where it is used, so a benchmark that
+measures another revision's library (bench_augment.py --compare) gets that library."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import threading
+import time
+
+import lightning as L
+import torch
+
+WARMUP_STEPS = 20  # cuDNN autotuning, worker start-up and allocator growth are left out of the timing
+NVIDIA_SMI = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+
+
+class StepTimer(L.Callback):
+    """Wall time of the training batches after the warm-up, synchronised with a GPU."""
+
+    def __init__(self, gpu: bool):
+        self.gpu = gpu
+
+    def _synchronise(self) -> None:
+        if self.gpu:
+            torch.cuda.synchronize()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == WARMUP_STEPS:
+            self._synchronise()
+            if self.gpu:
+                torch.cuda.reset_peak_memory_stats()
+            self.started = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        self._synchronise()
+        self.seconds = time.perf_counter() - self.started
+        self.steps = trainer.global_step - WARMUP_STEPS
+
+
+class Utilisation:
+    """Mean GPU utilisation (nvidia-smi every 0.2 s) while the block runs; None on a CPU."""
+
+    def __init__(self, gpu: bool):
+        self.gpu, self.samples = gpu, []
+
+    def __enter__(self):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        if self.gpu:
+            self.thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.2):
+            out = subprocess.run(NVIDIA_SMI, capture_output=True, text=True).stdout.strip()
+            if out.isdigit():
+                self.samples.append(int(out))
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        if self.gpu:
+            self.thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.samples) if self.samples else None
+
+
+def fit_rate(
+    settings: dict,
+    loader,
+    num_classes: int,
+    steps: int,
+    accelerator: str = "gpu",
+    precision: str = "32",
+    channels_last: bool = False,
+) -> dict:
+    """Samples/s of `steps` Lightning fit steps of the experiment's model on `loader` after the
+    warm-up, with the peak GPU memory (MiB) and mean utilisation (%) on a GPU."""
+    from doctrain.lit_module import EmbeddingModule
+
+    model = {**settings["model"], "channels_last": channels_last}
+    module = EmbeddingModule.from_settings(
+        {**settings, "model": model}, num_classes, steps_per_epoch=WARMUP_STEPS + steps
+    )
+    gpu = accelerator == "gpu"
+    timer = StepTimer(gpu)
+    trainer = L.Trainer(
+        max_steps=WARMUP_STEPS + steps,
+        accelerator=accelerator,
+        devices=1,
+        precision=precision,
+        deterministic=not gpu,
+        gradient_clip_val=settings["trainer"]["gradient_clip_val"],
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
+    with Utilisation(gpu) as utilisation:
+        trainer.fit(module, loader)
+    return {
+        "samples/s": timer.steps * settings["data"]["batch_size"] / timer.seconds,
+        "peak MiB": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+        "utilisation %": utilisation.mean,
+    }
