@@ -225,7 +225,8 @@ def draw_picture(path: Path, trees: dict[str, dict]) -> None:
                     ax.set_title(title, fontsize=6)
                 if c == 0 and s == 0:
                     ax.set_ylabel(member.replace("_", " "), fontsize=7)
-    fig.suptitle(f"The recipe's transform families, one at a time, on demo training samples: {' vs '.join(names)}", fontsize=9)
+    title = f"The recipe's transform families, one at a time, on demo training samples: {' vs '.join(names)}"
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"picture: {path}")

@@ -44,15 +44,17 @@ _LIQUID_MEAN, _LIQUID_STD, _LIQUID_SIGMA, _LIQUID_CUT, _SPATTER_INTENSITY = 0.65
 _RAIN_COLOUR, _MUD_COLOUR = (238, 238, 175), (20, 42, 63)  # applied to the channels in this order
 
 
-def _gaussian(sigma: float, size: int) -> torch.Tensor:
-    line = torch.from_numpy(cv2.getGaussianKernel(size, sigma)).float()
+# Constants stay numpy: a torch operation at import would fix torch's CPU kernels before the training
+# pins them (trainer.cpu_kernels).
+def _gaussian(sigma: float, size: int) -> np.ndarray:
+    line = cv2.getGaussianKernel(size, sigma)
     return (line @ line.T)[None]
 
 
 _LIQUID_BLUR = _gaussian(_LIQUID_SIGMA, 2 * round(3 * _LIQUID_SIGMA) + 1)
-_EMBOSS = torch.tensor([[[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]])
+_EMBOSS = np.array([[[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]])
 _DROP_BLUR = _gaussian(1.5, 5)
-_GREY = torch.tensor([0.114, 0.587, 0.299])  # luma weights of B, G, R
+_GREY = np.array([0.114, 0.587, 0.299])  # luma weights of B, G, R
 
 
 def draw(settings: dict, seed: int, size: int) -> dict[str, np.ndarray]:
@@ -193,13 +195,13 @@ def _degrade(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def _spatter(x: torch.Tensor, seeds: torch.Tensor, mode: str) -> torch.Tensor:
     n, _, height, width = x.shape
-    liquid_blur = _LIQUID_BLUR.to(x).expand(n, -1, -1)
+    liquid_blur = _like(_LIQUID_BLUR, x).expand(n, -1, -1)
     layer = _LIQUID_MEAN + _LIQUID_STD * normal(seeds, (1, height, width), x.device)
     layer = _filter(layer, liquid_blur, "replicate")
     layer = torch.where(layer < _LIQUID_CUT, 0.0, layer)
     if mode == "rain":
-        shade = _filter(layer, _EMBOSS.to(x).expand(n, -1, -1), "replicate")
-        shade = _filter(shade, _DROP_BLUR.to(x).expand(n, -1, -1), "replicate").relu()
+        shade = _filter(layer, _like(_EMBOSS, x).expand(n, -1, -1), "replicate")
+        shade = _filter(shade, _like(_DROP_BLUR, x).expand(n, -1, -1), "replicate").relu()
         drops = _per_sample_unit(layer * shade) * _SPATTER_INTENSITY * 0.9
         return (x + drops * _colour_tensor(_RAIN_COLOUR, x)).clamp(0, 1)
     mask = _filter((layer > _LIQUID_CUT).to(x.dtype), liquid_blur, "replicate")
@@ -224,7 +226,11 @@ def _per_sample_unit(field: torch.Tensor) -> torch.Tensor:
 
 
 def _colour_tensor(colour: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(colour, dtype=like.dtype, device=like.device)[None, :, None, None] / 255
+    return _like(np.array(colour), like)[None, :, None, None] / 255
+
+
+def _like(constant: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(constant, dtype=like.dtype, device=like.device)
 
 
 def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
@@ -268,7 +274,7 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torc
     torchvision shifts it in HSV)."""
     n = len(x)
     eye = torch.eye(3, dtype=x.dtype, device=x.device).expand(n, 3, 3)
-    grey = _GREY.to(x)
+    grey = _like(_GREY, x)
     toward_grey = grey[None, :].expand(3, 3)  # each output channel takes the grey of the pixel
     for position in range(len(JITTERS)):
         op = order[:, position]
@@ -286,8 +292,8 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torc
     return x
 
 
-_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])[:, [2, 1, 0]]
-_YIQ_INVERSE = torch.linalg.inv(_YIQ)
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])[:, [2, 1, 0]]
+_YIQ_INVERSE = np.linalg.inv(_YIQ)
 
 
 def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
@@ -296,7 +302,7 @@ def _hue_rotation(turns: torch.Tensor) -> torch.Tensor:
     cos, sin = torch.cos(angle), torch.sin(angle)
     one, zero = torch.ones_like(cos), torch.zeros_like(cos)
     rotation = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).reshape(-1, 3, 3)
-    return _YIQ_INVERSE.to(turns) @ rotation @ _YIQ.to(turns)
+    return _like(_YIQ_INVERSE, turns) @ rotation @ _like(_YIQ, turns)
 
 
 def uniform(seeds: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:

@@ -69,7 +69,7 @@ class TrainSamples(Dataset):
         row, seed = key
         image = self.cache.sample(int(self.image[row]), int(self.variant[row]))
         params = augment.draw(self.augment_settings, seed, image.shape[0])
-        return torch.from_numpy(np.ascontiguousarray(image)), int(self.class_id[row]), params
+        return torch.from_numpy(np.array(image)), int(self.class_id[row]), params
 
 
 class ValSamples(Dataset):
@@ -88,7 +88,7 @@ class ValSamples(Dataset):
     def __getitem__(self, row: int) -> tuple[torch.Tensor, int, int]:
         sample = self.samples.iloc[row]
         image = self.cache.sample(int(sample["image"]), int(sample["variant"]))
-        return torch.from_numpy(np.ascontiguousarray(image)), int(sample["class_id"]), row
+        return torch.from_numpy(np.array(image)), int(sample["class_id"]), row
 
 
 def _start_worker(worker_id: int) -> None:
