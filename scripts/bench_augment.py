@@ -3,7 +3,8 @@
 On an experiment's prepared cache (default the demo, after `snakemake --cores 2
 results/demo/cache/summary.json`), measures in one run, per tree (this one and, with --compare REV,
 the workflow's library as at git revision REV: the old path), alternating the trees each repeat:
-  in-memory step   Lightning fit steps on one resident batch with augmentation off: the step alone;
+  in-memory step   Lightning fit steps on one resident batch with augmentation off: the step alone,
+                   eager and, for this tree, torch.compile'd in each --compile mode;
   real data path   Lightning fit steps on the experiment's own loaders, workers and augmentation;
   augmentation alone  the loader with no workers plus, where the tree applies it after the loader,
                    the batched augmentation, in the configured threads: what feeding the step costs.
@@ -15,7 +16,7 @@ one row per transform family of the recipe, side by side.
 REV's path needs its own dependencies in this environment (before 2026-12-04: albumentations==2.0.8).
 
     python scripts/bench_augment.py [--config configs/demo.yaml] [--compare REV] [--repeats 3]
-        [--steps 150] [--picture docs/augmentation.png]
+        [--steps 150] [--compile default reduce-overhead] [--picture docs/img/augmentation.png]
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def augmentation_rate(settings: dict, cache, steps: int) -> float:
     return samples / (time.perf_counter() - started)
 
 
-def child_measure(config: str, cache_dir: str, steps: int, device: str) -> dict:
+def child_measure(config: str, cache_dir: str, steps: int, device: str, compile_modes: list[str]) -> dict:
     import torch
     from torch.utils.data import DataLoader
 
@@ -112,6 +113,10 @@ def child_measure(config: str, cache_dir: str, steps: int, device: str) -> dict:
     resident = next(iter(loaders(cache, clean)[0]))
     in_memory = DataLoader([resident] * (WARMUP_STEPS + steps), batch_size=None)
     rows = {"in-memory step": fit_rate(settings, in_memory, num_classes, steps, device)}
+    for mode in compile_modes:
+        rows[f"in-memory step, compiled {mode}"] = fit_rate(
+            settings, in_memory, num_classes, steps, device, compile_mode=mode
+        )
     rows["real data path"] = fit_rate(settings, loaders(cache, settings)[0], num_classes, steps, device)
     if device == "cpu":
         rows["augmentation alone"] = {"samples/s": augmentation_rate(settings, cache, steps)}
@@ -241,6 +246,13 @@ def main() -> None:
     parser.add_argument("--compare", metavar="REV", help="also measure the library as at this git revision")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=150, help="timed steps per fit row (after 20 warm-up)")
+    parser.add_argument(
+        "--compile",
+        nargs="*",
+        default=["default"],
+        metavar="MODE",
+        help="torch.compile modes whose in-memory step this tree also measures (none: [])",
+    )
     parser.add_argument("--picture", type=Path, help="write the side-by-side picture here (needs --compare)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,7 +261,7 @@ def main() -> None:
         if kind == "picture":
             print(json.dumps(child_picture(config, cache_dir)))
         else:
-            print(json.dumps(child_measure(config, cache_dir, int(rest[0]), rest[1])))
+            print(json.dumps(child_measure(config, cache_dir, int(rest[0]), rest[1], rest[2:])))
         return
 
     cache_dir = args.cache_dir or f"results/{Path(args.config).stem}/cache"
@@ -267,7 +279,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, src in trees.items():
                 for device in devices:
-                    rows = in_child(src, "measure", args.config, cache_dir, str(args.steps), device)
+                    modes = args.compile if name == "this tree" else []
+                    rows = in_child(src, "measure", args.config, cache_dir, str(args.steps), device, *modes)
                     for row, value in rows.items():
                         results[name].setdefault(f"{row}@{device}", []).append(value)
                     print(f"repeat {repeat + 1}, {name}, {device}: {rows}", flush=True)

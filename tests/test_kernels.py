@@ -19,13 +19,19 @@ from doctrain import training
 from doctrain.config import load_config
 from doctrain.fingerprint import stage_settings
 settings = stage_settings(load_config(sys.argv[1]), "train")
-settings["trainer"]["cpu_kernels"] = sys.argv[4]
+settings["trainer"].update(json.loads(sys.argv[4]))
 result = training.train(settings, sys.argv[2], sys.argv[3])
-print("RESULT", json.dumps({"sha": result["state_dict_sha256"], "kernels": result["train"]["kernels"]}))
+print("RESULT", json.dumps({
+    "sha": result["state_dict_sha256"],
+    "kernels": result["train"]["kernels"],
+    "auroc": result["val"]["auroc"],
+    "keys": sorted(result["module"].state_dict()),
+    "compile": result["train"]["compile"],
+}))
 """
 
 
-def _train(built, tmp_path, kernels: str, run: int) -> dict:
+def _train(built, tmp_path, kernels: str, run: int, compile_mode: str = "none") -> dict:
     done = subprocess.run(
         [
             sys.executable,
@@ -33,8 +39,8 @@ def _train(built, tmp_path, kernels: str, run: int) -> dict:
             RUN,
             str(built / "configs/smoke.yaml"),
             str(built / "results/smoke/cache"),
-            str(tmp_path / f"{kernels}-{run}"),
-            kernels,
+            str(tmp_path / f"{kernels}-{compile_mode}-{run}"),
+            json.dumps({"cpu_kernels": kernels, "compile": compile_mode}),
         ],
         capture_output=True,
         text=True,
@@ -43,6 +49,18 @@ def _train(built, tmp_path, kernels: str, run: int) -> dict:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(done.stdout.split("RESULT ", 1)[1])
+
+
+@pytest.mark.slow
+def test_a_compiled_training_repeats_itself_and_checkpoints_the_plain_module(built, tmp_path):
+    """trainer.compile on a CPU: TorchInductor's kernels (other weights than eager), the same ones
+    again, and a checkpoint whose keys are the eager module's (export and resume read it as is)."""
+    compiled = [_train(built, tmp_path, "avx2", run, "default") for run in (1, 2)]
+    eager = _train(built, tmp_path, "avx2", 1)
+    assert compiled[0]["compile"] == "default" and eager["compile"] == "none"
+    assert compiled[0]["sha"] == compiled[1]["sha"]
+    assert compiled[0]["keys"] == eager["keys"] and not any("_orig_mod" in k for k in eager["keys"])
+    print("compiled", compiled[0]["sha"], compiled[0]["auroc"], "eager", eager["sha"], eager["auroc"])
 
 
 @pytest.mark.slow

@@ -103,6 +103,12 @@ CPU_SAMPLES_PER_S_PER_CORE = 75
 LONG_ON_A_CPU_S = 3600
 
 
+def compiled(module: EmbeddingModule, mode: str) -> L.LightningModule:
+    """The module as trainer.compile asks: itself, or torch.compile'd (Lightning fits the compiled
+    one and checkpoints the module itself, so checkpoints, export and resume do not change)."""
+    return module if mode == "none" else torch.compile(module, mode=mode)
+
+
 def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
     """A GPU recipe started on a CPU trains for hours while its progress bar barely moves: say so
     first, with an estimate."""
@@ -246,7 +252,9 @@ def _fit(
     stop_on_signals()
     try:
         with writes:
-            trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
+            trainer.fit(
+                compiled(module, trainer_cfg["compile"]), train_loader, val_loader, ckpt_path=resume_from
+            )
     except SIGTERMException:
         where = f"after batch {resume_point.batches} of epoch {resume_point.epoch}"
         saved = (
@@ -284,6 +292,7 @@ def _fit(
             else None,
             "device": str(trainer.strategy.root_device),
             "kernels": kernel_path(trainer.strategy.root_device),
+            "compile": trainer_cfg["compile"],
             "ranks": trainer.world_size,
             "accelerator": trainer.accelerator.__class__.__name__,
             "classes": num_classes,
