@@ -129,9 +129,9 @@ TWO_RANK_SWEEP = {
 
 
 # A training that a stop can land inside of (tests/test_resume.py, the SLURM resume tests): a sweep
-# point of the smoke experiment with one persistent loader worker (the demo's and every GPU
+# point of the smoke experiment with one persistent loader worker (every GPU
 # config's kind of loader, where Lightning's own resume replays epoch 0), 3 epochs of 32 batches,
-# and a loss and rate under which validation picks epoch 1, so the compared weights are ones a
+# and a loss and rate under which validation picks epoch 2, so the compared weights are ones a
 # resume trained.
 RESUMABLE = "resume.num_workers-1"
 RESUMABLE_EPOCHS, RESUMABLE_BATCHES = 3, 32
@@ -144,7 +144,7 @@ RESUMABLE_SWEEP = {
         "data.loader.prefetch_factor": 2,
         "loss.s": 16.0,
         "loss.m": 0.1,
-        "optimizer.lr": 1.0e-3,
+        "optimizer.lr": 2.0e-3,
     },
     "grid": {"data.loader.num_workers": [1]},
 }

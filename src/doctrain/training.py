@@ -103,12 +103,12 @@ CPU_SAMPLES_PER_S_PER_CORE = 75
 LONG_ON_A_CPU_S = 3600
 
 
-def compiled(module: EmbeddingModule, mode: str) -> EmbeddingModule:
-    """The module as trainer.compile asks: its network's forward torch.compile'd in place (the
-    parameters, and so the checkpoint's keys, export and resume, stay the network's own)."""
+def _compile(module: EmbeddingModule, mode: str) -> None:
+    """trainer.compile: the network's forward torch.compile'd in place (the parameters, and so the
+    checkpoint's keys, export and resume, stay the network's own; compiling the whole
+    LightningModule broke its validation's gathering)."""
     if mode != "none":
         module.net.forward = torch.compile(module.net.forward, mode=mode)
-    return module
 
 
 def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
@@ -245,6 +245,7 @@ def _fit(
     module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch)
     if init_from:
         start_from(module, init_from, report=trainer.is_global_zero)
+    _compile(module, trainer_cfg["compile"])
     if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu":
         _warn_if_long_on_a_cpu(settings["schedule"]["epochs"] * data["samples_per_epoch"], cache.image_size)
     started = time.perf_counter()
@@ -254,9 +255,7 @@ def _fit(
     stop_on_signals()
     try:
         with writes:
-            trainer.fit(
-                compiled(module, trainer_cfg["compile"]), train_loader, val_loader, ckpt_path=resume_from
-            )
+            trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     except SIGTERMException:
         where = f"after batch {resume_point.batches} of epoch {resume_point.epoch}"
         saved = (
