@@ -23,21 +23,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import WARMUP_STEPS, fit_rate
+from benchlib import ROOT, WARMUP_STEPS, files_at, fit_rate
 
-ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = (
     [("geometric", member) for member in ("constant", "reflect", "replicate")]
     + [
@@ -47,16 +44,6 @@ FAMILIES = (
     + [("colour", member) for member in ("equalize", "jitter")]
 )
 PICTURE_SAMPLES, PICTURE_SEEDS = (0, 7, 19), (11, 12)
-
-
-def library_at(revision: str, dest: Path) -> Path:
-    """The doctrain library (src/) as it was at a git revision."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest / "src"
 
 
 def in_child(src: Path, *args: str) -> dict:
@@ -271,7 +258,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trees = {"this tree": ROOT / "src"}
         if args.compare:
-            trees = {args.compare: library_at(args.compare, Path(tmp)), **trees}
+            trees = {args.compare: files_at(args.compare, Path(tmp), "src") / "src", **trees}
         if args.picture:
             pictures = {name: in_child(src, "picture", args.config, cache_dir) for name, src in trees.items()}
             draw_picture(args.picture, pictures)

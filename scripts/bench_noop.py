@@ -21,12 +21,10 @@ alternating with these, over the same data, so a change is judged side by side i
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +35,8 @@ from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchlib import files_at  # noqa: E402
+
 from tests.conftest import WORKFLOW_PARTS, copy_workflow  # noqa: E402
 
 TRIVIAL = 'rule all:\n    output: "trivial.txt"\n    shell: "touch {output}"\n'
@@ -55,16 +55,6 @@ def make_dataset(root: Path, images: int) -> Path:
     manifest = root / "manifest.csv"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest
-
-
-def workflow_at(revision: str, dest: Path) -> Path:
-    """The workflow's files as they were at a git revision."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", revision, *WORKFLOW_PARTS], capture_output=True, check=True
-    ).stdout
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
 
 
 def run(cmd: list[str], cwd: Path) -> float:
@@ -91,7 +81,7 @@ def main() -> None:
         tmp = args.keep or Path(scratch)
         workdirs = {"": copy_workflow(tmp / "workflow")}
         if args.compare:
-            workdirs[f" ({args.compare})"] = workflow_at(args.compare, tmp / "baseline")
+            workdirs[f" ({args.compare})"] = files_at(args.compare, tmp / "baseline", *WORKFLOW_PARTS)
         if args.sweep:
             workdirs[f", + sweep of {args.sweep}"] = copy_workflow(tmp / "sweep")
         manifest = make_dataset(tmp / "data", args.images)

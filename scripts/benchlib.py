@@ -4,16 +4,30 @@ measures another revision's library (bench_augment.py --compare) gets that libra
 
 from __future__ import annotations
 
+import io
 import statistics
 import subprocess
+import tarfile
 import threading
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 20  # cuDNN autotuning, worker start-up and allocator growth are left out of the timing
 NVIDIA_SMI = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
+
+
+def files_at(revision: str, dest: Path, *paths: str) -> Path:
+    """The checkout's `paths` as they were at a git revision, extracted into `dest`."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, *paths], capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
 
 
 class StepTimer(L.Callback):

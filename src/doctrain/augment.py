@@ -149,48 +149,56 @@ def apply(pixels: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor
     return _colour(x, params["colour"], params["jitter"], params["jitter_order"])
 
 
-def _rows(selected: torch.Tensor) -> torch.Tensor:
-    return selected.nonzero().flatten()
+def _on_rows(x: torch.Tensor, selected: torch.Tensor, transform) -> torch.Tensor:
+    """x with the selected samples replaced by transform(their images, their row numbers)."""
+    rows = selected.nonzero().flatten()
+    if len(rows):
+        x[rows] = transform(x[rows], rows)
+    return x
 
 
 def _geometric(x: torch.Tensor, border: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    rows = _rows(border != NONE)
-    if not len(rows):
-        return x
+    for mode, name in enumerate(BORDERS):
+        x = _on_rows(x, border == mode, lambda part, rows, name=name: _warp(part, matrix[rows], name))
+    return x
+
+
+def _warp(x: torch.Tensor, matrix: torch.Tensor, border: str) -> torch.Tensor:
+    """Images warped by their source-to-destination pixel matrices [N, 2, 3]."""
     # grid_sample wants destination -> source in [-1, 1] coordinates (pixel centres at the ends).
-    linear, offset = matrix[rows, :, :2].to(x.dtype), matrix[rows, :, 2].to(x.dtype)
+    linear, offset = matrix[:, :, :2].to(x.dtype), matrix[:, :, 2].to(x.dtype)
     a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
     inverse = torch.stack([d, -b, -c, a], dim=1).reshape(-1, 2, 2) / (a * d - b * c)[:, None, None]
     centre = (x.shape[-1] - 1) / 2
     shift = (torch.einsum("nij,nj->ni", inverse, centre - offset) - centre) / centre
     theta = torch.cat([inverse, shift[:, :, None]], dim=2)
-    grid = torch.nn.functional.affine_grid(theta, [len(rows), *x.shape[1:]], align_corners=True)
-    for mode, name in enumerate(BORDERS):
-        subset = (border[rows] == mode).nonzero().flatten()
-        if len(subset):
-            x[rows[subset]] = torch.nn.functional.grid_sample(
-                x[rows[subset]], grid[subset], padding_mode=_PADDING[name], align_corners=True
-            )
-    return x
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode=_PADDING[border], align_corners=True)
 
 
 def _degrade(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     kind, seeds = params["degradation"], params["pixel_seed"]
-    rows = _rows(kind == DEGRADATIONS.index("noise"))
-    if len(rows):
+
+    def noisy(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         std = params["noise_std"][rows].to(x.dtype)[:, None, None, None]
-        x[rows] = (x[rows] + std * normal(seeds[rows], x.shape[1:], x.device)).clamp(0, 1)
-    rows = _rows((kind >= DEGRADATIONS.index("gaussian_blur")) & (kind <= DEGRADATIONS.index("defocus")))
-    if len(rows):
-        x[rows] = _filter(x[rows], params["kernel"][rows].to(x.dtype), "reflect")
+        return (part + std * normal(seeds[rows], part.shape[1:], part.device)).clamp(0, 1)
+
+    def blurred(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return _filter(part, params["kernel"][rows].to(part.dtype), "reflect")
+
+    blurs = (kind >= DEGRADATIONS.index("gaussian_blur")) & (kind <= DEGRADATIONS.index("defocus"))
+    x = _on_rows(x, kind == DEGRADATIONS.index("noise"), noisy)
+    x = _on_rows(x, blurs, blurred)
     for mode in ("rain", "mud"):
-        rows = _rows(kind == DEGRADATIONS.index(mode))
-        if len(rows):
-            x[rows] = _spatter(x[rows], seeds[rows], mode)
-    rows = _rows(kind == DEGRADATIONS.index("dropout"))
-    if len(rows):
-        x[rows] = _dropout(x[rows], params["holes"][rows], seeds[rows])
-    return x
+        x = _on_rows(
+            x,
+            kind == DEGRADATIONS.index(mode),
+            lambda part, rows, mode=mode: _spatter(part, seeds[rows], mode),
+        )
+    holes = params["holes"]
+    return _on_rows(
+        x, kind == DEGRADATIONS.index("dropout"), lambda part, rows: _dropout(part, holes[rows], seeds[rows])
+    )
 
 
 def _spatter(x: torch.Tensor, seeds: torch.Tensor, mode: str) -> torch.Tensor:
@@ -243,13 +251,12 @@ def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch
 
 
 def _colour(x: torch.Tensor, kind: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    rows = _rows(kind == COLOURS.index("equalize"))
-    if len(rows):
-        x[rows] = _equalize(x[rows])
-    rows = _rows(kind == COLOURS.index("jitter"))
-    if len(rows):
-        x[rows] = _jitter(x[rows], factors[rows].to(x.dtype), order[rows])
-    return x
+    x = _on_rows(x, kind == COLOURS.index("equalize"), lambda part, rows: _equalize(part))
+    return _on_rows(
+        x,
+        kind == COLOURS.index("jitter"),
+        lambda part, rows: _jitter(part, factors[rows].to(part.dtype), order[rows]),
+    )
 
 
 def _equalize(x: torch.Tensor) -> torch.Tensor:
