@@ -148,8 +148,8 @@ def forcing_batched(augment, settings: dict, block: str, member: str, image, see
     this member."""
     import itertools
 
+    import numpy as np
     import torch
-    from torch.utils.data import default_collate
 
     key = {"geometric": "border", "degradation": "degradation", "colour": "colour"}[block]
     members = {"border": augment.BORDERS, "degradation": augment.DEGRADATIONS, "colour": augment.COLOURS}[key]
@@ -159,9 +159,10 @@ def forcing_batched(augment, settings: dict, block: str, member: str, image, see
     params = next(
         drawn
         for candidate in itertools.count(seed * 1000)
-        if (drawn := augment.draw({**settings, **only}, candidate, size))[key] == members.index(member)
+        if (drawn := augment.draw({**settings, **only}, np.array([candidate]), size))[key][0]
+        == members.index(member)
     )
-    out = augment.apply(torch.from_numpy(image)[None], default_collate([params]))[0]
+    out = augment.apply(torch.from_numpy(image)[None], augment.to_batch(params))[0]
     return np.round(out.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
-from torch.utils.data import default_collate
 
 from doctrain import augment, images
 from doctrain.dataset import ClassBalancedSampler
@@ -26,9 +25,8 @@ SIGMAS = 5
 
 @pytest.fixture(scope="module")
 def drawn() -> dict[str, np.ndarray]:
-    seeds = [seed for _, seed in ClassBalancedSampler(np.arange(4), SAMPLES, seed=42)]
-    params = [augment.draw({"enabled": True, **P}, seed, SIZE) for seed in seeds]
-    return {key: np.stack([p[key] for p in params]) for key in params[0]}
+    seeds = np.array([seed for _, seed in ClassBalancedSampler(np.arange(4), SAMPLES, seed=42)])
+    return augment.draw({"enabled": True, **P}, seeds, SIZE)
 
 
 def assert_rate(observed: float, expected: float, n: int) -> None:
@@ -109,22 +107,21 @@ def test_blur_kernels_are_normalised_and_as_wide_as_drawn(drawn):
 
 
 def test_switched_off_every_sample_goes_through_clean():
-    params = [augment.draw({"enabled": False, **P}, seed, SIZE) for seed in range(200)]
-    assert all(p["border"] == p["degradation"] == p["colour"] == augment.NONE for p in params)
+    params = augment.draw({"enabled": False, **P}, np.arange(200), SIZE)
+    assert all((params[block] == augment.NONE).all() for block in ("border", "degradation", "colour"))
     pixels = torch.randint(0, 256, (8, SIZE, SIZE, 3), dtype=torch.uint8)
-    out = augment.apply(pixels.clone(), default_collate(params[:8]))
+    out = augment.apply(pixels.clone(), augment.to_batch({key: value[:8] for key, value in params.items()}))
     assert torch.equal(out, torch.from_numpy(images.to_input(pixels.numpy())))
 
 
-def forced(kind: str, value: int, n: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
-    params = default_collate([augment.draw({"enabled": False, **P}, s, SIZE) for s in range(seed, seed + n)])
-    fired = {"border": "border", "degradation": "degradation", "colour": "colour"}[kind]
-    params[fired] = torch.full((n,), value)
+def forced(kind: str, value: int, n: int = 16, seed: int = 0) -> dict:
+    """A batch of n samples whose block `kind` ("border", "degradation" or "colour") is `value`."""
+    params = augment.draw({"enabled": False, **P}, np.arange(seed, seed + n), SIZE)
+    params[kind] = np.full(n, value)
     if kind == "degradation" and augment.DEGRADATIONS[value].endswith(("blur", "defocus")):
-        enabled = [augment.draw({"enabled": True, **P}, s, SIZE) for s in range(seed, seed + 4000)]
-        kernels = [p["kernel"] for p in enabled if p["degradation"] == value][:n]
-        params["kernel"] = torch.from_numpy(np.stack(kernels))
-    return params
+        enabled = augment.draw({"enabled": True, **P}, np.arange(seed, seed + 4000), SIZE)
+        params["kernel"] = enabled["kernel"][enabled["degradation"] == value][:n]
+    return augment.to_batch(params)
 
 
 def grey(n: int = 16, level: int = 128) -> torch.Tensor:
@@ -216,11 +213,32 @@ def test_a_sample_is_augmented_the_same_whatever_its_batchmates():
     rng = np.random.default_rng(1)
     pixels = torch.from_numpy(rng.integers(0, 256, (24, SIZE, SIZE, 3), dtype=np.uint8))
     always = {"enabled": True, "shift_scale_rotate_p": 1, "degradation_p": 1, "colour_p": 1}
-    params = [augment.draw(always, s, SIZE) for s in range(24)]
-    whole = augment.apply(pixels.clone(), default_collate(params))
+    seeds = np.arange(24)
+    params = augment.draw(always, seeds, SIZE)
+    whole = augment.apply(pixels.clone(), augment.to_batch(params))
     for row in range(0, 24, 5):
-        alone = augment.apply(pixels[row : row + 1].clone(), default_collate([params[row]]))
+        drawn_alone = augment.draw(always, seeds[row : row + 1], SIZE)
+        for key, value in drawn_alone.items():
+            np.testing.assert_array_equal(value[0], params[key][row], err_msg=key)
+        alone = augment.apply(pixels[row : row + 1].clone(), augment.to_batch(drawn_alone))
         torch.testing.assert_close(alone[0], whole[row], atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_apply_never_waits_for_the_gpu():
+    """Every family fires in this batch; a host synchronisation (a row count asked of the device, a
+    constant copied from host memory) would stall the queue of training steps behind it."""
+    always = {"enabled": True, "shift_scale_rotate_p": 1, "degradation_p": 1, "colour_p": 1}
+    batch = augment.to_batch(augment.draw(always, np.arange(256), SIZE))
+    pixels = torch.randint(0, 256, (256, SIZE, SIZE, 3), dtype=torch.uint8)
+    on_gpu = torch.utils._pytree.tree_map(lambda t: t.cuda(non_blocking=False), (pixels, batch))
+    augment.apply(*on_gpu)  # first call: the module's constants go to the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        augment.apply(*on_gpu)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def test_the_pixel_generator_is_uniform_and_normal_and_a_function_of_the_seed():

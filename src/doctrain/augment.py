@@ -41,7 +41,7 @@ MAX_HOLES = 4
 NONE = -1
 # Spatter, albumentations' constants: liquid layer ~ N(0.65, 0.3) blurred at sigma 2, cut below 0.68.
 _LIQUID_MEAN, _LIQUID_STD, _LIQUID_SIGMA, _LIQUID_CUT, _SPATTER_INTENSITY = 0.65, 0.3, 2.0, 0.68, 0.6
-_RAIN_COLOUR, _MUD_COLOUR = (238, 238, 175), (20, 42, 63)  # applied to the channels in this order
+_RAIN_COLOUR, _MUD_COLOUR = np.array([238, 238, 175]), np.array([20, 42, 63])  # to the channels in this order
 
 
 # Constants stay numpy: a torch operation at import would fix torch's CPU kernels before the training
@@ -57,41 +57,94 @@ _DROP_BLUR = _gaussian(1.5, 5)
 _GREY = np.array([0.114, 0.587, 0.299])  # luma weights of B, G, R
 
 
-def draw(settings: dict, seed: int, size: int) -> dict[str, np.ndarray]:
-    """One sample's parameters for the `augment` settings, from its seed alone. Every sample draws
-    the same numbers in the same order whether a block fires or not, so the blocks are independent
-    and a setting changes only what it names."""
-    rng = np.random.default_rng(seed)
+def draw(settings: dict, seeds: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """The parameters of a batch for the `augment` settings, a row per sample from its seed alone.
+    Every sample draws the same numbers in the same order whether a block fires or not, so the
+    blocks are independent and a setting changes only what it names. Each sample's generator makes
+    its few calls; what they become is computed for the whole batch."""
+    n = len(seeds)
+    fire, choices = np.empty((n, 3)), np.empty((n, 3), dtype=np.int64)
+    numbers, pixel_seeds, jitter = np.empty((n, _NUMBERS)), np.empty(n, dtype=np.int64), np.empty((n, 4))
+    orders = np.empty((n, len(JITTERS)), dtype=np.int64)
+    for i, seed in enumerate(seeds):
+        rng = np.random.default_rng(seed)
+        fire[i] = rng.random(3)
+        choices[i] = rng.integers(len(BORDERS)), rng.integers(len(DEGRADATIONS)), rng.integers(len(COLOURS))
+        numbers[i] = rng.random(_NUMBERS)
+        pixel_seeds[i] = rng.integers(2**31 - 1)
+        jitter[i] = rng.random(4)
+        orders[i] = rng.permutation(len(JITTERS))
     p = [settings["shift_scale_rotate_p"], settings["degradation_p"], settings["colour_p"]]
-    fires = (rng.random(3) < p) & settings["enabled"]
-    border, degradation, colour = rng.integers(len(BORDERS)), rng.integers(len(DEGRADATIONS)), rng.integers(2)
-    geometry = rng.uniform([0.9, 0.9, -0.0625, -0.0625, -15], [1.1, 1.1, 0.0625, 0.0625, 15])
-    blurs = rng.uniform([0, 0.5, 0, 0, -1, -1, -1, 1, 0.1], [2, 3, 3, 360, 1, 1, 1, 4, 0.5])
-    holes = rng.random((5, MAX_HOLES))
-    kind = DEGRADATIONS[degradation] if fires[1] else None
+    fires = (fire < p) & settings["enabled"]
+    chosen = np.where(fires, choices, NONE)
+    geometry, blurs, holes, noise = np.split(numbers, np.cumsum([len(low) for low, _ in _RANGES[:3]]), axis=1)
     return {
-        "border": np.int64(border if fires[0] else NONE),
-        "affine": _affine_matrix(geometry, size),
-        "degradation": np.int64(degradation if fires[1] else NONE),
-        "noise_std": np.float32(rng.uniform(0.02, 0.1)),
-        "kernel": _blur_kernel(kind, blurs),
-        "holes": _holes(holes, size),
-        "pixel_seed": np.int64(rng.integers(2**31 - 1)),
-        "colour": np.int64(colour if fires[2] else NONE),
-        "jitter": rng.uniform([0.7, 0.7, 0.7, -0.05], [1.3, 1.3, 1.3, 0.05]).astype(np.float32),
-        "jitter_order": rng.permutation(len(JITTERS)),
+        "border": chosen[:, 0],
+        "affine": _affine_matrices(_in_range(geometry, *_RANGES[0]), size),
+        "degradation": chosen[:, 1],
+        "noise_std": _in_range(noise[:, 0], *_NOISE_STD).astype(np.float32),
+        "kernel": np.stack(
+            [
+                _blur_kernel(_kind(k), row)
+                for k, row in zip(chosen[:, 1], _in_range(blurs, *_RANGES[1]), strict=True)
+            ]
+        ),
+        "holes": _holes(holes.reshape(n, 5, MAX_HOLES), size),
+        "pixel_seed": pixel_seeds,
+        "colour": chosen[:, 2],
+        "jitter": _in_range(jitter, *_JITTER).astype(np.float32),
+        "jitter_order": orders,
     }
 
 
-def _affine_matrix(geometry: np.ndarray, size: int) -> np.ndarray:
-    """Source-to-destination pixel matrix [2, 3]: scale per axis, rotate about the centre, shift."""
-    scale_x, scale_y, shift_x, shift_y, degrees = geometry
-    angle = math.radians(degrees)
-    cos, sin = math.cos(angle), math.sin(angle)
-    linear = np.array([[cos * scale_x, -sin * scale_y], [sin * scale_x, cos * scale_y]])
+# What each sample's uniform numbers become, (low, high) per number: numpy's uniform(low, high) is
+# low + (high - low) * random(), so these are the values its calls drew (tested against them).
+_RANGES = (
+    ([0.9, 0.9, -0.0625, -0.0625, -15], [1.1, 1.1, 0.0625, 0.0625, 15]),  # scale x, y, shift x, y, degrees
+    ([0, 0.5, 0, 0, -1, -1, -1, 1, 0.1], [2, 3, 3, 360, 1, 1, 1, 4, 0.5]),  # see _blur_kernel
+    ([0] * 5 * MAX_HOLES, [1] * 5 * MAX_HOLES),  # see _holes
+)
+_NOISE_STD = (0.02, 0.1)
+_JITTER = ([0.7, 0.7, 0.7, -0.05], [1.3, 1.3, 1.3, 0.05])  # brightness, contrast, saturation, hue
+_NUMBERS = sum(len(low) for low, _ in _RANGES) + 1  # and the noise's deviation
+
+
+def _in_range(uniform: np.ndarray, low, high) -> np.ndarray:
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    return low + (high - low) * uniform
+
+
+def _kind(degradation: int) -> str | None:
+    return None if degradation == NONE else DEGRADATIONS[degradation]
+
+
+def to_batch(params: dict[str, np.ndarray]) -> dict:
+    """A batch's parameters as tensors, with the rows each transform runs on ("rows": name ->
+    indices), found here on the CPU so that `apply` never waits for the device to tell it."""
+    chosen = {
+        **{name: params["border"] == i for i, name in enumerate(BORDERS)},
+        **{name: params["degradation"] == i for i, name in enumerate(DEGRADATIONS)},
+        **{name: params["colour"] == i for i, name in enumerate(COLOURS)},
+    }
+    chosen["blur"] = chosen["gaussian_blur"] | chosen["motion_blur"] | chosen["defocus"]
+    rows = {name: torch.from_numpy(np.flatnonzero(selected)) for name, selected in chosen.items()}
+    return {
+        **{key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in params.items()},
+        "rows": rows,
+    }
+
+
+def _affine_matrices(geometry: np.ndarray, size: int) -> np.ndarray:
+    """Source-to-destination pixel matrices [N, 2, 3]: scale per axis, rotate about the centre, shift."""
+    scale_x, scale_y, shift_x, shift_y, degrees = geometry.T
+    angles = [math.radians(d) for d in degrees]
+    cos, sin = np.array([math.cos(a) for a in angles]), np.array([math.sin(a) for a in angles])
+    linear = np.stack(
+        [np.stack([cos * scale_x, -sin * scale_y], 1), np.stack([sin * scale_x, cos * scale_y], 1)], 1
+    )
     centre = (size - 1) / 2
-    offset = centre + np.array([shift_x, shift_y]) * size - linear.sum(axis=1) * centre
-    return np.hstack([linear, offset[:, None]]).astype(np.float32)
+    offset = centre + np.stack([shift_x, shift_y], 1) * size - linear.sum(axis=2) * centre
+    return np.concatenate([linear, offset[:, :, None]], axis=2).astype(np.float32)
 
 
 def _blur_kernel(kind: str | None, numbers: np.ndarray) -> np.ndarray:
@@ -130,36 +183,38 @@ def _motion_kernel(size: int, angle: float, direction: float, shift: tuple[float
 
 
 def _holes(numbers: np.ndarray, size: int) -> np.ndarray:
-    """[MAX_HOLES, 4] rows (top, left, bottom, right) in pixels from uniform numbers [5, MAX_HOLES]
-    (count, heights, widths, tops, lefts); holes beyond the count (1 to MAX_HOLES) are empty."""
-    count = 1 + int(numbers[0, 0] * MAX_HOLES)
-    extents = ((0.05 + 0.15 * numbers[1:3]) * size).astype(np.int64)
-    corners = (numbers[3:5] * (size - extents + 1)).astype(np.int64)
-    holes = np.concatenate([corners, corners + extents]).T
-    holes[count:] = 0
+    """[N, MAX_HOLES, 4] rows (top, left, bottom, right) in pixels from uniform numbers
+    [N, 5, MAX_HOLES] (count, heights, widths, tops, lefts); holes beyond the count (1 to MAX_HOLES)
+    are empty."""
+    count = 1 + (numbers[:, 0, 0] * MAX_HOLES).astype(np.int64)
+    extents = ((0.05 + 0.15 * numbers[:, 1:3]) * size).astype(np.int64)
+    corners = (numbers[:, 3:5] * (size - extents + 1)).astype(np.int64)
+    holes = np.concatenate([corners, corners + extents], axis=1).transpose(0, 2, 1)
+    holes[np.arange(MAX_HOLES)[None, :] >= count[:, None]] = 0
     return holes
 
 
-def apply(pixels: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    """uint8 BGR [N, H, W, 3] and the samples' collated parameters -> the network's float input
+def apply(pixels: torch.Tensor, batch: dict) -> torch.Tensor:
+    """uint8 BGR [N, H, W, 3] and the batch's parameters (`to_batch`) -> the network's float input
     [N, 3, H, W], on the device the batch is on."""
     x = images.tensor_input(pixels)
-    x = _geometric(x, params["border"], params["affine"])
-    x = _degrade(x, params)
-    return _colour(x, params["colour"], params["jitter"], params["jitter_order"])
+    x = _geometric(x, batch)
+    x = _degrade(x, batch)
+    return _colour(x, batch)
 
 
-def _on_rows(x: torch.Tensor, selected: torch.Tensor, transform) -> torch.Tensor:
-    """x with the selected samples replaced by transform(their images, their row numbers)."""
-    rows = selected.nonzero().flatten()
-    if len(rows):
+def _on_rows(x: torch.Tensor, rows: torch.Tensor, transform) -> torch.Tensor:
+    """x with the samples at `rows` replaced by transform(their images, rows)."""
+    if rows.numel():
         x[rows] = transform(x[rows], rows)
     return x
 
 
-def _geometric(x: torch.Tensor, border: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    for mode, name in enumerate(BORDERS):
-        x = _on_rows(x, border == mode, lambda part, rows, name=name: _warp(part, matrix[rows], name))
+def _geometric(x: torch.Tensor, batch: dict) -> torch.Tensor:
+    for name in BORDERS:
+        x = _on_rows(
+            x, batch["rows"][name], lambda part, rows, name=name: _warp(part, batch["affine"][rows], name)
+        )
     return x
 
 
@@ -176,29 +231,22 @@ def _warp(x: torch.Tensor, matrix: torch.Tensor, border: str) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid, padding_mode=_PADDING[border], align_corners=True)
 
 
-def _degrade(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-    kind, seeds = params["degradation"], params["pixel_seed"]
+def _degrade(x: torch.Tensor, batch: dict) -> torch.Tensor:
+    rows, seeds = batch["rows"], batch["pixel_seed"]
 
     def noisy(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        std = params["noise_std"][rows].to(x.dtype)[:, None, None, None]
+        std = batch["noise_std"][rows].to(x.dtype)[:, None, None, None]
         return (part + std * normal(seeds[rows], part.shape[1:], part.device)).clamp(0, 1)
 
     def blurred(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        return _filter(part, params["kernel"][rows].to(part.dtype), "reflect")
+        return _filter(part, batch["kernel"][rows].to(part.dtype), "reflect")
 
-    blurs = (kind >= DEGRADATIONS.index("gaussian_blur")) & (kind <= DEGRADATIONS.index("defocus"))
-    x = _on_rows(x, kind == DEGRADATIONS.index("noise"), noisy)
-    x = _on_rows(x, blurs, blurred)
+    x = _on_rows(x, rows["noise"], noisy)
+    x = _on_rows(x, rows["blur"], blurred)
     for mode in ("rain", "mud"):
-        x = _on_rows(
-            x,
-            kind == DEGRADATIONS.index(mode),
-            lambda part, rows, mode=mode: _spatter(part, seeds[rows], mode),
-        )
-    holes = params["holes"]
-    return _on_rows(
-        x, kind == DEGRADATIONS.index("dropout"), lambda part, rows: _dropout(part, holes[rows], seeds[rows])
-    )
+        x = _on_rows(x, rows[mode], lambda part, rows, mode=mode: _spatter(part, seeds[rows], mode))
+    holes = batch["holes"]
+    return _on_rows(x, rows["dropout"], lambda part, rows: _dropout(part, holes[rows], seeds[rows]))
 
 
 def _spatter(x: torch.Tensor, seeds: torch.Tensor, mode: str) -> torch.Tensor:
@@ -233,12 +281,20 @@ def _per_sample_unit(field: torch.Tensor) -> torch.Tensor:
     return field / torch.where(peak > 0, peak, 1.0)
 
 
-def _colour_tensor(colour: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
-    return _like(np.array(colour), like)[None, :, None, None] / 255
+def _colour_tensor(colour: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return _like(colour, like)[None, :, None, None] / 255
+
+
+_ON_DEVICES: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
 
 def _like(constant: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(constant, dtype=like.dtype, device=like.device)
+    """One of this module's constant arrays as a tensor of `like`'s type and device, copied there
+    once: every copy from host memory waits for the device to finish its queue."""
+    key = (id(constant), like.dtype, like.device)
+    if key not in _ON_DEVICES:
+        _ON_DEVICES[key] = torch.as_tensor(constant, dtype=like.dtype, device=like.device)
+    return _ON_DEVICES[key]
 
 
 def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
@@ -250,12 +306,12 @@ def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch
     return torch.where(inside, uniform(seeds, x.shape[1:], x.device).to(x.dtype), x)
 
 
-def _colour(x: torch.Tensor, kind: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    x = _on_rows(x, kind == COLOURS.index("equalize"), lambda part, rows: _equalize(part))
+def _colour(x: torch.Tensor, batch: dict) -> torch.Tensor:
+    x = _on_rows(x, batch["rows"]["equalize"], lambda part, rows: _equalize(part))
     return _on_rows(
         x,
-        kind == COLOURS.index("jitter"),
-        lambda part, rows: _jitter(part, factors[rows].to(part.dtype), order[rows]),
+        batch["rows"]["jitter"],
+        lambda part, rows: _jitter(part, batch["jitter"][rows].to(part.dtype), batch["jitter_order"][rows]),
     )
 
 
@@ -266,7 +322,11 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     n, channels = x.shape[:2]
     levels = (x * 255).round().long().flatten(2)
     offsets = torch.arange(n * channels, device=x.device).view(n, channels, 1) * 256
-    counts = torch.bincount((levels + offsets).flatten(), minlength=n * channels * 256).view(n, channels, 256)
+    # Counted by scatter_add, not bincount, which asks the device for the largest level first.
+    counts = torch.zeros(n * channels * 256, dtype=torch.int64, device=x.device)
+    counts = counts.scatter_add_(0, (levels + offsets).flatten(), torch.ones_like(levels).flatten()).view(
+        n, channels, 256
+    )
     first = counts.gather(2, (counts > 0).int().argmax(dim=2, keepdim=True))
     spread = levels.shape[2] - first
     lut = ((counts.cumsum(dim=2) - first) * 255 / spread.clamp(min=1)).round()

@@ -63,13 +63,23 @@ class TrainSamples(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, dict[str, np.ndarray]]:
-        """The sample's uint8 pixels (a quarter of the float bytes to the device), its class, and
-        its augmentation's parameters, which doctrain.augment.apply runs on the batch there."""
-        row, seed = key
-        image = self.cache.sample(int(self.image[row]), int(self.variant[row]))
-        params = augment.draw(self.augment_settings, seed, image.shape[0])
-        return torch.from_numpy(np.array(image)), int(self.class_id[row]), params
+    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """A batch, whole (the loader's collate_fn passes it on): the samples' uint8 pixels (a
+        quarter of the float bytes to the device), their classes, and their augmentation's
+        parameters, drawn here for the batch at once, which doctrain.augment.apply runs there."""
+        rows, seeds = np.array(keys, dtype=np.int64).reshape(-1, 2).T
+        pixels = np.stack([self.cache.sample(int(self.image[row]), int(self.variant[row])) for row in rows])
+        params = augment.draw(self.augment_settings, seeds, pixels.shape[1])
+        return (
+            torch.from_numpy(pixels),
+            torch.from_numpy(self.class_id[rows].astype(np.int64)),
+            augment.to_batch(params),
+        )
+
+
+def _whole(batch):
+    """collate_fn of a dataset that builds its batches itself (__getitems__)."""
+    return batch
 
 
 class ValSamples(Dataset):
@@ -119,7 +129,9 @@ def loaders(cache: Cache, settings: dict, rank: int = 0, world: int = 1) -> tupl
         train.samples["class_id"].to_numpy(), data["samples_per_epoch"], settings["seed"]
     )
     global_batches = BatchSampler(sampler, data["batch_size"], drop_last=True)
-    train_loader = DataLoader(train, batch_sampler=RankSlices(global_batches, rank, world), **common)
+    train_loader = DataLoader(
+        train, batch_sampler=RankSlices(global_batches, rank, world), collate_fn=_whole, **common
+    )
     val = ValSamples(cache, settings["seed"])
     val_batches = BatchSampler(range(len(val)), data["val_batch_size"], drop_last=False)
     val_loader = DataLoader(val, batch_sampler=RankBatches(val_batches, rank, world), **common)
