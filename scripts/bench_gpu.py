@@ -1,22 +1,27 @@
-"""GPU training benchmark: does mixed precision pay, and does the data loader keep up?
+"""GPU training benchmark: what the step takes, compiled or not, and does the loader keep up?
 
 On the prepared cache of an experiment (by default the reference recipe, after
 `snakemake results/lcnet050_cosface_96/cache/summary.json`), measures side by side in one run:
-  loader      the experiment's training DataLoader alone (read, augment, collate), per worker count;
-  gpu step    Lightning fit steps of the experiment's model on batches already decoded and pinned,
-              per precision (and channels_last): what the GPU can consume;
-  end to end  Lightning fit steps on the real loader, per precision.
-Prints one table: samples/s, peak GPU memory, and each row's ratio to the fp32 GPU step. The loader
-keeps up where its samples/s exceed the GPU step's.
+  loader      the experiment's training DataLoader alone (read, draw the augmentation, collate),
+              per worker count;
+  gpu step    Lightning fit steps on the loader's first batch kept pinned in memory (its
+              augmentation still runs on the GPU each step; `clean`: augmentation off), per
+              MODE:PRECISION[:channels_last][:clean] (MODE is trainer.compile): what the GPU consumes;
+  end to end  Lightning fit steps on the real loader with --e2e-workers workers, per MODE:PRECISION.
+Prints one table: samples/s, peak GPU memory, mean GPU utilisation, and each row's ratio to the
+first gpu step row; with --json PATH also writes the rows there. The loader keeps up where an end
+to end row comes near its gpu step row.
 
     python scripts/bench_gpu.py [--config configs/lcnet050_cosface_96.yaml] [--cache-dir DIR]
-        [--steps 200] [--workers 4 8 16] [--precisions 32 bf16-mixed 16-mixed]
+        [--steps 150] [--workers 4 8] [--gpu-steps none:32 reduce-overhead:32 ...]
+        [--end-to-end none:32 reduce-overhead:32] [--e2e-workers 8] [--json rows.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -55,69 +60,98 @@ def main() -> None:
     )
     parser.add_argument("--config", default="configs/lcnet050_cosface_96.yaml")
     parser.add_argument("--cache-dir", help="default: results/<config name>/cache")
-    parser.add_argument("--steps", type=int, default=200, help="timed steps per row (after 20 warm-up)")
-    parser.add_argument("--workers", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--precisions", nargs="*", default=["32", "bf16-mixed", "16-mixed"])
+    parser.add_argument("--steps", type=int, default=150, help="timed steps per row (after 20 warm-up)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[4, 8], help="loader rows")
+    parser.add_argument(
+        "--gpu-steps",
+        nargs="*",
+        default=[
+            "none:32",
+            "none:32:clean",
+            "none:bf16-mixed",
+            "reduce-overhead:32",
+            "reduce-overhead:bf16-mixed",
+        ],
+        help="MODE:PRECISION[:channels_last][:clean] rows of the step on a resident batch",
+    )
+    parser.add_argument("--end-to-end", nargs="*", default=["none:32", "reduce-overhead:32"])
+    parser.add_argument("--e2e-workers", type=int, default=8)
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--accelerator", default="gpu", help="cpu: try the script where no GPU is")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA device visible; run it on a GPU machine.")
+    if args.accelerator == "gpu" and not torch.cuda.is_available():
+        sys.exit(
+            "bench_gpu: no CUDA device visible; run it on a GPU machine (or try it with --accelerator cpu)."
+        )
 
     settings = stage_settings(load_config(args.config), "train")
     # A benchmark epoch long enough for warm-up + timed steps, whatever the config's epoch length.
     settings["data"]["samples_per_epoch"] = (WARMUP_STEPS + args.steps + 1) * settings["data"]["batch_size"]
     cache = Cache(args.cache_dir or f"results/{Path(args.config).stem}/cache")
     num_classes = int(cache.split("train")["class_id"].max()) + 1
-    torch.backends.cudnn.benchmark = True
-    configured_workers = settings["data"]["loader"]["num_workers"]
+    device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
     print(
-        f"{torch.cuda.get_device_name()} | torch {torch.__version__} | {args.config} | "
+        f"{device} | torch {torch.__version__} | {args.config} | "
         f"batch {settings['data']['batch_size']} | {cache.images.shape[1]} px | "
         f"{num_classes} classes | {args.steps} timed steps per row",
         flush=True,
     )
 
+    def changed(workers: int, augment: bool = True) -> dict:
+        settings_now = copy.deepcopy(settings)
+        settings_now["data"]["loader"]["num_workers"] = workers
+        settings_now["augment"]["enabled"] = augment
+        return settings_now
+
     rows = []
 
-    def with_workers(workers: int) -> dict:
-        changed = copy.deepcopy(settings)
-        changed["data"]["loader"]["num_workers"] = workers
-        return changed
+    def record(name: str, measured: dict) -> None:
+        rows.append({"measurement": name, **measured})
+        print(rows[-1], flush=True)
 
     for workers in args.workers:
-        rate = loader_rate(loaders(cache, with_workers(workers))[0], args.steps)
-        rows.append((f"loader, {workers} workers", rate, None))
-        print(rows[-1], flush=True)
-    train_loader = loaders(cache, settings)[0]
-    for precision in args.precisions:
-        for channels_last in (False, True):
-            measured = fit_rate(
-                settings,
-                resident_batches(train_loader, args.steps),
-                num_classes,
-                args.steps,
-                precision=precision,
-                channels_last=channels_last,
-            )
-            rate, memory = measured["samples/s"], measured["peak MiB"]
-            rows.append((f"gpu step, {precision}{', channels_last' if channels_last else ''}", rate, memory))
-            print(rows[-1], flush=True)
-    for precision in args.precisions:
-        loader = loaders(cache, settings)[0]
-        measured = fit_rate(settings, loader, num_classes, args.steps, precision=precision)
-        rate, memory = measured["samples/s"], measured["peak MiB"]
-        rows.append((f"end to end, {precision}, {configured_workers} workers", rate, memory))
-        print(rows[-1], flush=True)
-
-    reference_name, reference = next(
-        ((name, rate) for name, rate, _ in rows if name == "gpu step, 32"), (rows[0][0], rows[0][1])
-    )
-    print(f"\n| {'measurement':<40} | samples/s | peak GPU MiB | × {reference_name} |")
-    print(f"|{'-' * 42}|-----------|--------------|{'-' * (len(reference_name) + 4)}|")
-    for name, rate, memory in rows:
-        shown = "" if memory is None else f"{memory:,.0f}"
-        print(
-            f"| {name:<40} | {rate:9,.0f} | {shown:>12} | {rate / reference:{len(reference_name) + 2}.2f} |"
+        record(
+            f"loader, {workers} workers",
+            {"samples/s": loader_rate(loaders(cache, changed(workers))[0], args.steps)},
         )
+    for spec in args.gpu_steps:
+        mode, precision, *flags = spec.split(":")
+        batches = resident_batches(loaders(cache, changed(0, augment="clean" not in flags))[0], args.steps)
+        measured = fit_rate(
+            settings,
+            batches,
+            num_classes,
+            args.steps,
+            args.accelerator,
+            precision=precision,
+            channels_last="channels_last" in flags,
+            compile_mode=mode,
+        )
+        record(f"gpu step, {spec}", measured)
+    for spec in args.end_to_end:
+        mode, precision = spec.split(":")
+        loader = loaders(cache, changed(args.e2e_workers))[0]
+        measured = fit_rate(
+            settings,
+            loader,
+            num_classes,
+            args.steps,
+            args.accelerator,
+            precision=precision,
+            compile_mode=mode,
+        )
+        record(f"end to end, {spec}, {args.e2e_workers} workers", measured)
+
+    reference = next((row for row in rows if row["measurement"].startswith("gpu step")), rows[0])
+    print(f"\n| measurement | samples/s | peak GPU MiB | GPU utilisation % | × {reference['measurement']} |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        memory, busy = row.get("peak MiB"), row.get("utilisation %")
+        memory, busy = ("" if memory is None else f"{memory:,.0f}"), ("" if busy is None else f"{busy:.0f}")
+        ratio = row["samples/s"] / reference["samples/s"]
+        print(f"| {row['measurement']} | {row['samples/s']:,.0f} | {memory} | {busy} | {ratio:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

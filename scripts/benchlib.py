@@ -94,7 +94,8 @@ def fit_rate(
 ) -> dict:
     """Samples/s of `steps` Lightning fit steps of the experiment's model on `loader` after the
     warm-up (which pays any compilation: raise the warm-up where it does not), with the peak GPU
-    memory (MiB) and mean utilisation (%) on a GPU. `compile_mode`: torch.compile's mode, or none."""
+    memory (MiB) and mean utilisation (%) on a GPU. `compile_mode`: trainer.compile, as the training
+    applies it."""
     from doctrain.lit_module import EmbeddingModule
 
     model = {**settings["model"], "channels_last": channels_last}
@@ -109,6 +110,7 @@ def fit_rate(
         devices=1,
         precision=precision,
         deterministic=not gpu,
+        benchmark=gpu,
         gradient_clip_val=settings["trainer"]["gradient_clip_val"],
         limit_val_batches=0,
         logger=False,
@@ -117,8 +119,13 @@ def fit_rate(
         enable_model_summary=False,
         callbacks=[timer],
     )
+    if compile_mode != "none":
+        from doctrain.training import _compile
+
+        torch._dynamo.reset()  # each row compiles afresh, and no row meets dynamo's recompile limit
+        _compile(module, compile_mode)
     with Utilisation(gpu) as utilisation:
-        trainer.fit(module if compile_mode == "none" else torch.compile(module, mode=compile_mode), loader)
+        trainer.fit(module, loader)
     return {
         "samples/s": timer.steps * settings["data"]["batch_size"] / timer.seconds,
         "peak MiB": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,

@@ -216,6 +216,7 @@ def _fit(
         precision=trainer_cfg["precision"],
         gradient_clip_val=trainer_cfg["gradient_clip_val"],
         deterministic=trainer_cfg["deterministic"],
+        benchmark=not trainer_cfg["deterministic"],  # cuDNN picks its fastest kernels (a GPU's only)
         # Its own folder: CSVLogger warns that a non-empty one "will be deleted" (the work folder
         # always holds the resume key).
         logger=CSVLogger(work_dir, name="log", version=""),
