@@ -54,7 +54,7 @@ class StepTimer(L.Callback):
 
 
 class Utilisation:
-    """Mean GPU utilisation (nvidia-smi every 0.2 s) while the block runs; None on a CPU."""
+    """GPU utilisation (nvidia-smi every 0.2 s) while the block runs; nothing on a CPU."""
 
     def __init__(self, gpu: bool):
         self.gpu, self.samples = gpu, []
@@ -70,16 +70,18 @@ class Utilisation:
         while not self.stop.wait(0.2):
             out = subprocess.run(NVIDIA_SMI, capture_output=True, text=True).stdout.strip()
             if out.isdigit():
-                self.samples.append(int(out))
+                self.samples.append((time.perf_counter(), int(out)))
 
     def __exit__(self, *exc):
         self.stop.set()
         if self.gpu:
             self.thread.join()
 
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.samples) if self.samples else None
+    def mean_between(self, start: float, end: float) -> float | None:
+        """Mean utilisation (%) of the polls between two perf_counter times (the timed steps: the
+        warm-up's compilation would read as an idle GPU)."""
+        inside = [value for at, value in self.samples if start <= at <= end]
+        return statistics.fmean(inside) if inside else None
 
 
 def fit_rate(
@@ -129,5 +131,5 @@ def fit_rate(
     return {
         "samples/s": timer.steps * settings["data"]["batch_size"] / timer.seconds,
         "peak MiB": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
-        "utilisation %": utilisation.mean,
+        "utilisation %": utilisation.mean_between(timer.started, timer.started + timer.seconds),
     }

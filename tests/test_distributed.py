@@ -165,14 +165,14 @@ CLUSTER_SWEEP = {
         {"trainer.num_nodes": 2},
     ],
 }
-SBATCH = {  # per node: 4 ranks, each with its GPU, loader workers + 1 CPUs and 14,464 MB
-    "cluster.devices-4": ["--nodes=1", "--ntasks-per-node=4", "--cpus-per-gpu=17", "--gpus=4", "--mem 57856"],
+SBATCH = {  # per node: 4 ranks, each with its GPU, loader workers + 1 CPUs and 8,908 MB
+    "cluster.devices-4": ["--nodes=1", "--ntasks-per-node=4", "--cpus-per-gpu=9", "--gpus=4", "--mem 35632"],
     "cluster.devices-4_num_nodes-2": [
         "--nodes=2",
         "--ntasks-per-node=4",
-        "--cpus-per-gpu=17",
+        "--cpus-per-gpu=9",
         "--gres=gpu:4",
-        "--mem 57856",
+        "--mem 35632",
     ],
     "cluster.num_nodes-2": ["--nodes=2", "--ntasks=2", "--ntasks-per-gpu=1", "--gres=gpu:1"],
 }

@@ -9,7 +9,7 @@ from doctrain import scheduling
 from doctrain.config import load_config
 from tests.conftest import ROOT
 
-RECIPE = load_config(ROOT / "configs/lcnet050_cosface_96.yaml")  # 16 workers, batch 256, 96 px, GPU
+RECIPE = load_config(ROOT / "configs/lcnet050_cosface_96.yaml")  # 8 workers, batch 256, 96 px, GPU
 
 
 def with_trainer(config: dict, **trainer) -> dict:
@@ -21,14 +21,14 @@ def with_trainer(config: dict, **trainer) -> dict:
 @pytest.mark.parametrize(
     ("trainer", "expected"),
     [
-        ({}, {"threads": 17, "gpu": 1, "cpus_per_gpu": 17, "mem_mb": 14464, "mpi": None, "tasks": None}),
+        ({}, {"threads": 9, "gpu": 1, "cpus_per_gpu": 9, "mem_mb": 8908, "mpi": None, "tasks": None}),
         (
             {"devices": 4},
-            {"threads": 68, "gpu": 4, "mem_mb": 57856, "mpi": "srun", "nodes": 1, "tasks_per_node": 4},
+            {"threads": 36, "gpu": 4, "mem_mb": 35632, "mpi": "srun", "nodes": 1, "tasks_per_node": 4},
         ),
         (
             {"devices": 4, "num_nodes": 2},
-            {"gpu": None, "gres": "gpu:4", "nodes": 2, "tasks_per_node": 4, "tasks": None, "mem_mb": 57856},
+            {"gpu": None, "gres": "gpu:4", "nodes": 2, "tasks_per_node": 4, "tasks": None, "mem_mb": 35632},
         ),
         (
             {"num_nodes": 2},

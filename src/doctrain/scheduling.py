@@ -82,6 +82,6 @@ def train_memory_mb(config: dict) -> int:
     cache's hot pages) plus, per loader worker, its own interpreter and the batches it keeps
     prefetched."""
     data = config["data"]
-    batch_mb = data["batch_size"] * 3 * data["image_size"] ** 2 * 4 / 2**20
+    batch_mb = data["batch_size"] * 3 * data["image_size"] ** 2 / 2**20  # uint8 pixels
     per_worker = 600 + batch_mb * data["loader"]["prefetch_factor"]
     return int((4000 + data["loader"]["num_workers"] * per_worker) * config["trainer"]["devices"])
