@@ -79,7 +79,10 @@ class EmbeddingModule(L.LightningModule):
         loss = self.margin(self(img), labels)
         # Averaged over the ranks: the loss of the global batch, as one process would log it.
         self.log("train/loss_step", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # A CPU tensor: Lightning makes a number into a tensor on the module's device, a copy from
+        # host memory that waits for the GPU's queue every step.
+        lr = torch.tensor(self.optimizers().param_groups[0]["lr"], dtype=torch.float32)
+        self.log("train/lr", lr, on_step=True, on_epoch=False)
         self._epoch_loss = (self._epoch_loss[0] + loss.detach(), self._epoch_loss[1] + 1)
         return loss
 
