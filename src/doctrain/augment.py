@@ -1,9 +1,9 @@
 """Training augmentation, the reference recipe's list, in two halves.
 
-`draw` picks one sample's parameters on the CPU from the sample's own seed (in the loader worker,
-so a run is a function of its seed whatever the device, rank slicing or worker count); `apply` runs
-a batch of them wherever the batch is — the GPU after transfer, or the CPU — on whole batches, with
-plain torch. One implementation for both.
+`draw` picks a batch's parameters on the CPU, each sample's from its own seed alone (in the loader
+worker, so a run is a function of its seed whatever the device, rank slicing or worker count), and
+`to_batch` finds which rows each transform takes; `apply` runs them wherever the batch is — the GPU
+after transfer, or the CPU — on whole batches, with plain torch. One implementation for both.
 
 The blocks and their ranges (albumentations 2.0 defaults where the recipe names none):
   geometric    affine: scale 0.9-1.1 per axis, shift +-6.25 % per axis, rotation +-15 deg, about
