@@ -122,10 +122,10 @@ def fit_rate(
         callbacks=[timer],
     )
     if compile_mode != "none":
-        from doctrain.training import _compile
+        from doctrain.training import compile_network
 
         torch._dynamo.reset()  # each row compiles afresh, and no row meets dynamo's recompile limit
-        _compile(module, compile_mode)
+        compile_network(module, compile_mode)
     with Utilisation(gpu) as utilisation:
         trainer.fit(module, loader)
     return {

@@ -4,8 +4,8 @@
 #   1. the augmentation test that apply never waits for the GPU;
 #   2. the reference recipe's cache, built by snakemake (its stage timings in the benchmarks folder);
 #   3. scripts/bench_gpu.py: loader, the step eager and compiled, end to end;
-#   4. the recipe end to end by snakemake with the faster compile mode of step 3 and 8 loader
-#      workers: all its epochs where the measured rate fits them in the time left, else as many
+#   4. the recipe end to end by snakemake with the faster compile mode of step 3 (its configured
+#      loader workers): all its epochs where the measured rate fits them in the time left, else as many
 #      as fit (the log says so), then export, parity and evaluation;
 #   5. with time left: mixed precision and channels_last, eager and compiled.
 #
@@ -55,7 +55,7 @@ configured = config["schedule"]["epochs"]
 print(best["measurement"].split(", ")[1].split(":")[0], max(0, min(configured, int((left - 120) / epoch_s))), configured)
 EOF
 )
-overrides="data.loader.num_workers=8 trainer.compile=$mode"
+overrides="trainer.compile=$mode"
 [ "$epochs" -lt "$configured" ] && overrides="$overrides schedule.epochs=$epochs"
 say "recipe end to end: $overrides ($(left) s left)"
 if [ "$epochs" -ge 1 ]; then

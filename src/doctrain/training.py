@@ -103,7 +103,7 @@ CPU_SAMPLES_PER_S_PER_CORE = 75
 LONG_ON_A_CPU_S = 3600
 
 
-def _compile(module: EmbeddingModule, mode: str) -> None:
+def compile_network(module: EmbeddingModule, mode: str) -> None:
     """trainer.compile: the network's forward torch.compile'd in place (the parameters, and so the
     checkpoint's keys, export and resume, stay the network's own; compiling the whole
     LightningModule broke its validation's gathering)."""
@@ -246,7 +246,7 @@ def _fit(
     module = EmbeddingModule.from_settings(settings, num_classes, steps_per_epoch)
     if init_from:
         start_from(module, init_from, report=trainer.is_global_zero)
-    _compile(module, trainer_cfg["compile"])
+    compile_network(module, trainer_cfg["compile"])
     if trainer.is_global_zero and trainer.strategy.root_device.type == "cpu":
         _warn_if_long_on_a_cpu(settings["schedule"]["epochs"] * data["samples_per_epoch"], cache.image_size)
     started = time.perf_counter()
