@@ -74,8 +74,13 @@ def main() -> None:
         ],
         help="MODE:PRECISION[:channels_last][:clean] rows of the step on a resident batch",
     )
-    parser.add_argument("--end-to-end", nargs="*", default=["none:32", "reduce-overhead:32"])
-    parser.add_argument("--e2e-workers", type=int, default=8)
+    parser.add_argument(
+        "--end-to-end",
+        nargs="*",
+        default=["none:32", "reduce-overhead:32"],
+        help="MODE:PRECISION rows of the step on the real loader",
+    )
+    parser.add_argument("--e2e-workers", type=int, default=8, help="loader workers of the end to end rows")
     parser.add_argument("--json", type=Path, help="also write the rows here")
     parser.add_argument("--accelerator", default="gpu", help="cpu: try the script where no GPU is")
     args = parser.parse_args()

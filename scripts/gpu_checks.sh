@@ -12,6 +12,10 @@
 #   scripts/gpu_checks.sh OUT SECONDS
 # (RECIPE=smoke ACCELERATOR=cpu tries the script's logic on a CPU with the smoke config.)
 set -uo pipefail
+if [ $# -ne 2 ] || ! [ "$2" -gt 0 ] 2>/dev/null; then
+    echo "usage: scripts/gpu_checks.sh OUT SECONDS (a folder for the results, the seconds the machine is lent for)" >&2
+    exit 2
+fi
 out=$1
 budget=$2
 started=$SECONDS
