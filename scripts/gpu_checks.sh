@@ -22,6 +22,8 @@ started=$SECONDS
 recipe=${RECIPE:-lcnet050_cosface_96}
 accelerator=${ACCELERATOR:-gpu}
 left() { echo $((budget - (SECONDS - started))); }
+# The time left but `keep` seconds, at least 1 (timeout refuses 0 and less).
+until_last() { local seconds=$(($(left) - $1)); echo $((seconds > 1 ? seconds : 1)); }
 say() { echo "[$((SECONDS - started)) s] $*" | tee -a "$out/summary.txt"; }
 
 mkdir -p "$out"
@@ -35,7 +37,7 @@ snakemake --cores "$(nproc)" --scheduler greedy "results/$recipe/cache/summary.j
 say "recipe cache: rc $? ($(tail -1 "$out/cache.log"))"
 
 # The rows that decide the recipe's run first; precision and channels_last under compilation after it.
-timeout $(($(left) - 330)) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
+timeout $(until_last 330) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
     --json "$out/bench.json" --steps 120 --workers 4 8 \
     --gpu-steps none:32 none:32:clean reduce-overhead:32 reduce-overhead:32:clean \
     --end-to-end none:32 reduce-overhead:32 \
@@ -63,7 +65,7 @@ overrides="trainer.compile=$mode"
 [ "$epochs" -lt "$configured" ] && overrides="$overrides schedule.epochs=$epochs"
 say "recipe end to end: $overrides ($(left) s left)"
 if [ "$epochs" -ge 1 ]; then
-    timeout $(($(left) - 15)) snakemake "results/$recipe.onnx" "results/$recipe/evaluation.json" \
+    timeout $(until_last 15) snakemake "results/$recipe.onnx" "results/$recipe/evaluation.json" \
         --cores "$(nproc)" --scheduler greedy --resources gpu=1 --config overrides="$overrides" \
         >"$out/recipe.log" 2>&1
     say "recipe: rc $?"
@@ -79,7 +81,7 @@ for bench in sorted((folder / "benchmarks").glob("*")):
     print(bench.name, bench.read_text().splitlines()[-1][:80])
 EOF
 if [ "$(left)" -gt 100 ]; then
-    timeout $(($(left) - 20)) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
+    timeout $(until_last 20) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
         --json "$out/bench_precision.json" --steps 120 \
         --workers --gpu-steps reduce-overhead:32:channels_last reduce-overhead:bf16-mixed none:bf16-mixed \
         --end-to-end >"$out/bench_precision.log" 2>&1
