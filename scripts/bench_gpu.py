@@ -4,6 +4,9 @@ On the prepared cache of an experiment (by default the reference recipe, after
 `snakemake results/lcnet050_cosface_96/cache/summary.json`), measures side by side in one run:
   loader      the experiment's training DataLoader alone (read, draw the augmentation, collate),
               per worker count;
+  augmentation  doctrain.augment.apply alone on the device, on as many distinct real batches as
+              steps (new shapes keep coming, as in a training's first steps), per MODE:WAY (WAY:
+              rows, each transform on its own rows, or whole, over the whole batch);
   gpu step    Lightning fit steps on the loader's first batch kept pinned in memory (its
               augmentation still runs on the GPU each step; `clean`: augmentation off), per
               MODE:PRECISION[:channels_last][:clean] (MODE is trainer.compile): what the GPU consumes;
@@ -13,7 +16,8 @@ first gpu step row; with --json PATH also writes the rows there. The loader keep
 to end row comes near its gpu step row.
 
     python scripts/bench_gpu.py [--config configs/lcnet050_cosface_96.yaml] [--cache-dir DIR]
-        [--steps 150] [--workers 4 8] [--gpu-steps none:32 reduce-overhead:32 ...]
+        [--steps 150] [--workers 4 8] [--augment none:rows none:whole ...]
+        [--gpu-steps none:32 reduce-overhead:32 ...]
         [--end-to-end none:32 reduce-overhead:32] [--e2e-workers 8] [--json rows.json]
 """
 
@@ -21,17 +25,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import itertools
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from benchlib import WARMUP_STEPS, fit_rate  # noqa: E402
 
+from doctrain import augment  # noqa: E402
 from doctrain.cache import Cache  # noqa: E402
 from doctrain.config import load_config  # noqa: E402
 from doctrain.dataset import loaders  # noqa: E402
@@ -45,6 +53,32 @@ def loader_rate(loader, steps: int) -> float:
     started = time.perf_counter()
     samples = sum(len(next(batches)[1]) for _ in range(steps))
     return samples / (time.perf_counter() - started)
+
+
+def augment_rate(loader, spec: str, steps: int, device: torch.device) -> dict:
+    """Samples/s of augment.apply alone, `spec` MODE:WAY, on WARMUP_STEPS + `steps` distinct batches
+    moved to the device first (cuDNN tuning on the device as in a training)."""
+    mode, way = spec.split(":")
+    batches = [move_data_to_device(batch, device) for batch in itertools.islice(loader, WARMUP_STEPS + steps)]
+    apply = functools.partial(augment.apply, whole_batch=way == "whole")
+    if mode != "none":
+        torch._dynamo.reset()
+        augment.constants_to(device)
+        apply = torch.compile(apply, mode=mode)
+    torch.backends.cudnn.benchmark = device.type == "cuda"
+
+    def synchronise() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for pixels, _, params in batches[:WARMUP_STEPS]:
+        apply(pixels, params)
+    synchronise()
+    started = time.perf_counter()
+    for pixels, _, params in batches[WARMUP_STEPS:]:
+        apply(pixels, params)
+    synchronise()
+    return {"samples/s": steps * len(batches[0][0]) / (time.perf_counter() - started)}
 
 
 def resident_batches(loader, steps: int) -> DataLoader:
@@ -62,6 +96,12 @@ def main() -> None:
     parser.add_argument("--cache-dir", help="default: results/<config name>/cache")
     parser.add_argument("--steps", type=int, default=150, help="timed steps per row (after 20 warm-up)")
     parser.add_argument("--workers", type=int, nargs="*", default=[4, 8], help="loader rows")
+    parser.add_argument(
+        "--augment",
+        nargs="*",
+        default=["none:rows", "none:whole", "reduce-overhead:whole"],
+        help="MODE:WAY rows of the augmentation alone (WAY: rows or whole)",
+    )
     parser.add_argument(
         "--gpu-steps",
         nargs="*",
@@ -113,12 +153,18 @@ def main() -> None:
     def record(name: str, measured: dict) -> None:
         rows.append({"measurement": name, **measured})
         print(rows[-1], flush=True)
+        if args.json:  # row by row: a run cut short keeps what it measured
+            args.json.write_text(json.dumps(rows, indent=1))
 
     for workers in args.workers:
         record(
             f"loader, {workers} workers",
             {"samples/s": loader_rate(loaders(cache, changed(workers))[0], args.steps)},
         )
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    for spec in args.augment:
+        loader = loaders(cache, changed(args.e2e_workers))[0]
+        record(f"augmentation alone, {spec}", augment_rate(loader, spec, args.steps, device))
     for spec in args.gpu_steps:
         mode, precision, *flags = spec.split(":")
         batches = resident_batches(loaders(cache, changed(0, augment="clean" not in flags))[0], args.steps)
@@ -155,8 +201,6 @@ def main() -> None:
         memory, busy = ("" if memory is None else f"{memory:,.0f}"), ("" if busy is None else f"{busy:.0f}")
         ratio = row["samples/s"] / reference["samples/s"]
         print(f"| {row['measurement']} | {row['samples/s']:,.0f} | {memory} | {busy} | {ratio:.2f} |")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

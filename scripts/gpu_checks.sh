@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The GPU checks of a machine lent for a few minutes, in the order of what they are worth, each
 # within the time left, everything written to OUT as it comes (a run cut short still tells):
-#   1. the augmentation test that apply never waits for the GPU;
+#   1. the augmentation tests that need a GPU (no waits; compiled into CUDA graphs);
 #   2. the reference recipe's cache, built by snakemake (its stage timings in the benchmarks folder);
-#   3. scripts/bench_gpu.py: loader, the step eager and compiled, end to end;
-#   4. the recipe end to end by snakemake with the faster compile mode of step 3 (its configured
-#      loader workers): all its epochs where the measured rate fits them in the time left, else as many
-#      as fit (the log says so), then export, parity and evaluation;
-#   5. with time left: mixed precision and channels_last, eager and compiled.
+#   3. scripts/bench_gpu.py, the rows that decide the recipe's run: the augmentation alone (each
+#      transform on its rows, over the whole batch, compiled), the compiled step without
+#      augmentation, the compiled step end to end;
+#   4. the recipe end to end by snakemake (its configured compile mode and loader workers): all its
+#      epochs where the measured rate fits them in the time left, else as many as fit (the log says
+#      so), then export, parity and evaluation;
+#   5. with time left: the other step rows, mixed precision and channels_last.
 #
 #   scripts/gpu_checks.sh OUT SECONDS
 # (RECIPE=smoke ACCELERATOR=cpu tries the script's logic on a CPU with the smoke config.)
@@ -30,17 +32,17 @@ mkdir -p "$out"
 say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader) | $(nproc) cores"
 say "$(python -c 'import sys, torch, lightning, timm, snakemake; print(sys.version.split()[0], "torch", torch.__version__, "lightning", lightning.__version__, "timm", timm.__version__, "snakemake", snakemake.__version__)')"
 
-PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -q -p no:cacheprovider tests/test_augment.py -k "never_waits or batchmates" >"$out/test.log" 2>&1
+PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" python -m pytest -q -p no:cacheprovider tests/test_augment.py -k "never_waits or batchmates or whole_batch or cuda_graphs" >"$out/test.log" 2>&1
 say "augment tests on the GPU: $(tail -1 "$out/test.log")"
 
 snakemake --cores "$(nproc)" --scheduler greedy "results/$recipe/cache/summary.json" >"$out/cache.log" 2>&1
 say "recipe cache: rc $? ($(tail -1 "$out/cache.log"))"
 
-# The rows that decide the recipe's run first; precision and channels_last under compilation after it.
-timeout $(until_last 330) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
-    --json "$out/bench.json" --steps 120 --workers 4 8 \
-    --gpu-steps none:32 none:32:clean reduce-overhead:32 reduce-overhead:32:clean \
-    --end-to-end none:32 reduce-overhead:32 \
+# The rows that decide the recipe's run first; the others after it.
+timeout $(until_last 400) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
+    --json "$out/bench.json" --steps 120 --workers \
+    --augment none:rows none:whole reduce-overhead:whole --gpu-steps reduce-overhead:32:clean \
+    --end-to-end reduce-overhead:32 \
     >"$out/bench.log" 2>&1
 say "bench_gpu: rc $?"
 grep -E "^\|" "$out/bench.log" | tee -a "$out/summary.txt"
@@ -83,9 +85,9 @@ EOF
 if [ "$(left)" -gt 100 ]; then
     timeout $(until_last 20) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
         --json "$out/bench_precision.json" --steps 120 \
-        --workers --gpu-steps reduce-overhead:32:channels_last reduce-overhead:bf16-mixed none:bf16-mixed \
-        --end-to-end >"$out/bench_precision.log" 2>&1
-    say "bench_gpu, precision: rc $?"
+        --workers 8 --augment --end-to-end --gpu-steps reduce-overhead:32 none:32 none:32:clean \
+        reduce-overhead:32:channels_last reduce-overhead:bf16-mixed >"$out/bench_precision.log" 2>&1
+    say "bench_gpu, the other rows: rc $?"
     grep -E "^\|" "$out/bench_precision.log" | tee -a "$out/summary.txt"
 fi
 tar czf "$out/results.tar.gz" --exclude='*/cache/*' --exclude='*/work/*' --exclude='*.ckpt' \

@@ -5,6 +5,7 @@ say, to each sample whatever its batchmates."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -224,6 +225,20 @@ def test_a_sample_is_augmented_the_same_whatever_its_batchmates():
         torch.testing.assert_close(alone[0], whole[row], atol=1e-5, rtol=0)
 
 
+def test_the_whole_batch_way_gives_every_sample_the_pixels_of_its_rows_alone():
+    """A GPU runs each transform over the whole batch and keeps the results of the samples it
+    takes; a CPU runs it on those samples alone. Every family fires in this batch; the pixels are
+    the same bit for bit."""
+    rng = np.random.default_rng(2)
+    pixels = torch.from_numpy(rng.integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8))
+    always = {"enabled": True, "shift_scale_rotate_p": 1, "degradation_p": 1, "colour_p": 1}
+    batch = augment.to_batch(augment.draw(always, np.arange(64), SIZE))
+    assert all(len(rows) for rows in batch["rows"].values())
+    rows_only = augment.apply(pixels.clone(), batch, whole_batch=False)
+    assert torch.equal(augment.apply(pixels.clone(), batch, whole_batch=True), rows_only)
+    assert not torch.equal(rows_only, images.tensor_input(pixels))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_apply_never_waits_for_the_gpu():
     """Every family fires in this batch; a host synchronisation (a row count asked of the device, a
@@ -239,6 +254,29 @@ def test_apply_never_waits_for_the_gpu():
         augment.apply(*on_gpu)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_augmentation_compiled_into_cuda_graphs_draws_what_the_eager_one_draws():
+    """trainer.compile's reduce-overhead on a GPU: the whole-batch augmentation replayed as CUDA
+    graphs. Fused kernels round differently, so a few grey levels may flip at equalize's steps."""
+    always = {"enabled": True, "shift_scale_rotate_p": 1, "degradation_p": 1, "colour_p": 1}
+    device = torch.device("cuda")
+    batches = [
+        torch.utils._pytree.tree_map(
+            lambda t: t.to(device),
+            (
+                torch.randint(0, 256, (64, SIZE, SIZE, 3), dtype=torch.uint8),
+                augment.to_batch(augment.draw(always, np.arange(start, start + 64), SIZE)),
+            ),
+        )
+        for start in (0, 64, 128, 192)
+    ]
+    augment.constants_to(device)
+    compiled = torch.compile(functools.partial(augment.apply, whole_batch=True), mode="reduce-overhead")
+    for pixels, batch in batches:  # warm-up, recording, then replays
+        difference = (compiled(pixels, batch).clone() - augment.apply(pixels, batch)).abs()
+        assert difference.mean() < 1e-3 and (difference > 1e-4).float().mean() < 0.01, difference.max()
 
 
 def test_the_pixel_generator_is_uniform_and_normal_and_a_function_of_the_seed():

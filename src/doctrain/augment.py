@@ -118,16 +118,22 @@ def _kind(degradation: int) -> str | None:
     return None if degradation == NONE else DEGRADATIONS[degradation]
 
 
+def selections(codes: dict) -> dict:
+    """Which samples each transform takes (name -> bool per sample), from the drawn codes: numpy
+    arrays in `to_batch`, tensors on the device in `apply`."""
+    chosen = {
+        **{name: codes["border"] == i for i, name in enumerate(BORDERS)},
+        **{name: codes["degradation"] == i for i, name in enumerate(DEGRADATIONS)},
+        **{name: codes["colour"] == i for i, name in enumerate(COLOURS)},
+    }
+    chosen["blur"] = chosen["gaussian_blur"] | chosen["motion_blur"] | chosen["defocus"]
+    return chosen
+
+
 def to_batch(params: dict[str, np.ndarray]) -> dict:
     """A batch's parameters as tensors, with the rows each transform runs on ("rows": name ->
     indices), found here on the CPU so that `apply` never waits for the device to tell it."""
-    chosen = {
-        **{name: params["border"] == i for i, name in enumerate(BORDERS)},
-        **{name: params["degradation"] == i for i, name in enumerate(DEGRADATIONS)},
-        **{name: params["colour"] == i for i, name in enumerate(COLOURS)},
-    }
-    chosen["blur"] = chosen["gaussian_blur"] | chosen["motion_blur"] | chosen["defocus"]
-    rows = {name: torch.from_numpy(np.flatnonzero(selected)) for name, selected in chosen.items()}
+    rows = {name: torch.from_numpy(np.flatnonzero(chosen)) for name, chosen in selections(params).items()}
     return {
         **{key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in params.items()},
         "rows": rows,
@@ -194,27 +200,47 @@ def _holes(numbers: np.ndarray, size: int) -> np.ndarray:
     return holes
 
 
-def apply(pixels: torch.Tensor, batch: dict) -> torch.Tensor:
+def apply(pixels: torch.Tensor, batch: dict, whole_batch: bool | None = None) -> torch.Tensor:
     """uint8 BGR [N, H, W, 3] and the batch's parameters (`to_batch`) -> the network's float input
-    [N, 3, H, W], on the device the batch is on."""
+    [N, 3, H, W], on the device the batch is on. Each transform runs either on its own rows only
+    (the CPU's way: the work is the cost) or on the whole batch, keeping its rows' results (the
+    GPU's way, the default there: shapes stay fixed, so cuDNN tunes each convolution once and the
+    whole of it compiles into one graph). A sample's pixels are the same either way."""
+    whole_batch = pixels.is_cuda if whole_batch is None else whole_batch
+    on = _WholeBatch(batch) if whole_batch else _RowsOnly(batch)
     x = images.tensor_input(pixels)
-    x = _geometric(x, batch)
-    x = _degrade(x, batch)
-    return _colour(x, batch)
+    x = _geometric(x, batch, on)
+    x = _degrade(x, batch, on)
+    return _colour(x, batch, on)
 
 
-def _on_rows(x: torch.Tensor, rows: torch.Tensor, transform) -> torch.Tensor:
-    """x with the samples at `rows` replaced by transform(their images, rows)."""
-    if rows.numel():
-        x[rows] = transform(x[rows], rows)
-    return x
+class _RowsOnly:
+    """on(name, x, transform): x with the samples that transform `name` takes replaced by
+    transform(their images, their rows), run on those samples alone."""
+
+    def __init__(self, batch: dict):
+        self.rows = batch["rows"]
+
+    def __call__(self, name: str, x: torch.Tensor, transform) -> torch.Tensor:
+        rows = self.rows[name]
+        if rows.numel():
+            x[rows] = transform(x[rows], rows)
+        return x
 
 
-def _geometric(x: torch.Tensor, batch: dict) -> torch.Tensor:
+class _WholeBatch:
+    """on(name, x, transform): the same, with transform run on every sample and kept where it fires."""
+
+    def __init__(self, batch: dict):
+        self.chosen = selections(batch)
+
+    def __call__(self, name: str, x: torch.Tensor, transform) -> torch.Tensor:
+        return torch.where(self.chosen[name][:, None, None, None], transform(x, slice(None)), x)
+
+
+def _geometric(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
     for name in BORDERS:
-        x = _on_rows(
-            x, batch["rows"][name], lambda part, rows, name=name: _warp(part, batch["affine"][rows], name)
-        )
+        x = on(name, x, lambda part, rows, name=name: _warp(part, batch["affine"][rows], name))
     return x
 
 
@@ -231,8 +257,8 @@ def _warp(x: torch.Tensor, matrix: torch.Tensor, border: str) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid, padding_mode=_PADDING[border], align_corners=True)
 
 
-def _degrade(x: torch.Tensor, batch: dict) -> torch.Tensor:
-    rows, seeds = batch["rows"], batch["pixel_seed"]
+def _degrade(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
+    seeds = batch["pixel_seed"]
 
     def noisy(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         std = batch["noise_std"][rows].to(x.dtype)[:, None, None, None]
@@ -241,12 +267,12 @@ def _degrade(x: torch.Tensor, batch: dict) -> torch.Tensor:
     def blurred(part: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return _filter(part, batch["kernel"][rows].to(part.dtype), "reflect")
 
-    x = _on_rows(x, rows["noise"], noisy)
-    x = _on_rows(x, rows["blur"], blurred)
+    x = on("noise", x, noisy)
+    x = on("blur", x, blurred)
     for mode in ("rain", "mud"):
-        x = _on_rows(x, rows[mode], lambda part, rows, mode=mode: _spatter(part, seeds[rows], mode))
+        x = on(mode, x, lambda part, rows, mode=mode: _spatter(part, seeds[rows], mode))
     holes = batch["holes"]
-    return _on_rows(x, rows["dropout"], lambda part, rows: _dropout(part, holes[rows], seeds[rows]))
+    return on("dropout", x, lambda part, rows: _dropout(part, holes[rows], seeds[rows]))
 
 
 def _spatter(x: torch.Tensor, seeds: torch.Tensor, mode: str) -> torch.Tensor:
@@ -297,6 +323,14 @@ def _like(constant: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return _ON_DEVICES[key]
 
 
+def constants_to(device: torch.device) -> None:
+    """This module's constants copied to `device` ahead of a compiled `apply`, which then only reads
+    them (a copy made inside a graph of CUDA graphs would live in memory the next replay reuses)."""
+    on_device = torch.empty(0, device=device)
+    for constant in (_LIQUID_BLUR, _EMBOSS, _DROP_BLUR, _GREY, _RAIN_COLOUR, _MUD_COLOUR, _YIQ, _YIQ_INVERSE):
+        _like(constant, on_device)
+
+
 def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     height, width = x.shape[-2:]
     ys = torch.arange(height, device=x.device)[None, None, :, None]
@@ -306,11 +340,11 @@ def _dropout(x: torch.Tensor, holes: torch.Tensor, seeds: torch.Tensor) -> torch
     return torch.where(inside, uniform(seeds, x.shape[1:], x.device).to(x.dtype), x)
 
 
-def _colour(x: torch.Tensor, batch: dict) -> torch.Tensor:
-    x = _on_rows(x, batch["rows"]["equalize"], lambda part, rows: _equalize(part))
-    return _on_rows(
+def _colour(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
+    x = on("equalize", x, lambda part, rows: _equalize(part))
+    return on(
+        "jitter",
         x,
-        batch["rows"]["jitter"],
         lambda part, rows: _jitter(part, batch["jitter"][rows].to(part.dtype), batch["jitter_order"][rows]),
     )
 

@@ -5,6 +5,8 @@ rebuilds the trained model."""
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import numpy as np
 import torch
@@ -41,6 +43,8 @@ class EmbeddingModule(L.LightningModule):
         self.margin = MarginSoftmax(num_classes, model["embed_dim"], loss["name"], loss["s"], loss["m"])
         if model["channels_last"]:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # A GPU's augmentation: every transform over the whole batch (trainer.compile compiles it).
+        self.augment_whole_batch = functools.partial(augment.apply, whole_batch=True)
         self._val_batches: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._epoch_loss: tuple[torch.Tensor, int] = (torch.zeros(()), 0)  # sum and count this epoch
         self.last_val: tuple[np.ndarray, np.ndarray] | None = None
@@ -68,10 +72,14 @@ class EmbeddingModule(L.LightningModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """The loaders send uint8 pixels; a training batch, which carries its samples' drawn
-        augmentation parameters, is augmented here, on the device (doctrain.augment)."""
+        augmentation parameters, is augmented here, on the device (doctrain.augment): on a GPU
+        each transform over the whole batch, on a CPU over its own rows."""
         pixels, labels, extra = batch
         if isinstance(extra, dict):
-            return augment.apply(pixels, extra), labels
+            if pixels.is_cuda:
+                augment.constants_to(pixels.device)
+                return self.augment_whole_batch(pixels, extra), labels
+            return augment.apply(pixels, extra, whole_batch=False), labels
         return images.tensor_input(pixels), labels, extra
 
     def training_step(self, batch, batch_idx):

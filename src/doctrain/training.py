@@ -71,9 +71,10 @@ def _without_noise():
 def _temporary_files_in(folder: Path):
     """Lightning writes each checkpoint to a temporary file and moves it into place; in the system's
     temporary folder that move is a copy across filesystems, which a kill or a full disk can leave
-    half done under the final name. Beside the checkpoints it is an atomic rename."""
+    half done under the final name. Beside the checkpoints it is an atomic rename. Absolute: whatever
+    else makes temporary files meanwhile (TorchInductor's C++ builds) may change its directory."""
     folder.mkdir(parents=True, exist_ok=True)
-    saved, tempfile.tempdir = tempfile.tempdir, str(folder)
+    saved, tempfile.tempdir = tempfile.tempdir, str(folder.resolve())
     try:
         yield
     finally:
@@ -106,9 +107,11 @@ LONG_ON_A_CPU_S = 3600
 def compile_network(module: EmbeddingModule, mode: str) -> None:
     """trainer.compile: the network's forward torch.compile'd in place (the parameters, and so the
     checkpoint's keys, export and resume, stay the network's own; compiling the whole
-    LightningModule broke its validation's gathering)."""
+    LightningModule broke its validation's gathering), and a GPU's whole-batch augmentation, whose
+    shapes are fixed."""
     if mode != "none":
         module.net.forward = torch.compile(module.net.forward, mode=mode)
+        module.augment_whole_batch = torch.compile(module.augment_whole_batch, mode=mode)
 
 
 def _warn_if_long_on_a_cpu(samples: int, size: int) -> None:
