@@ -71,12 +71,15 @@ def augment_rate(loader, spec: str, steps: int, device: torch.device) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    for pixels, _, params in batches[:WARMUP_STEPS]:
-        apply(pixels, params)
+    def run(batches) -> None:
+        for pixels, _, params in batches:
+            torch.compiler.cudagraph_mark_step_begin()
+            apply(pixels, params)
+
+    run(batches[:WARMUP_STEPS])
     synchronise()
     started = time.perf_counter()
-    for pixels, _, params in batches[WARMUP_STEPS:]:
-        apply(pixels, params)
+    run(batches[WARMUP_STEPS:])
     synchronise()
     return {"samples/s": steps * len(batches[0][0]) / (time.perf_counter() - started)}
 

@@ -78,6 +78,8 @@ class EmbeddingModule(L.LightningModule):
         if isinstance(extra, dict):
             if pixels.is_cuda:
                 augment.constants_to(pixels.device)
+                # A new step: what CUDA graphs (trainer.compile) gave the last one is free to reuse.
+                torch.compiler.cudagraph_mark_step_begin()
                 return self.augment_whole_batch(pixels, extra), labels
             return augment.apply(pixels, extra, whole_batch=False), labels
         return images.tensor_input(pixels), labels, extra
