@@ -107,6 +107,15 @@ def test_blur_kernels_are_normalised_and_as_wide_as_drawn(drawn):
     assert (identity[:, augment.KERNEL_SIZE // 2, augment.KERNEL_SIZE // 2] == 1).all()
 
 
+def test_a_batch_travels_as_two_tensors_and_unpacks_to_what_was_drawn(drawn):
+    batch = augment.to_batch({key: value[:64] for key, value in drawn.items()})
+    assert len(batch) == 2
+    unpacked = augment.unpack(batch)
+    assert unpacked.keys() == drawn.keys()
+    for key, value in unpacked.items():
+        np.testing.assert_array_equal(value.numpy(), drawn[key][:64], err_msg=key)
+
+
 def test_switched_off_every_sample_goes_through_clean():
     params = augment.draw({"enabled": False, **P}, np.arange(200), SIZE)
     assert all((params[block] == augment.NONE).all() for block in ("border", "degradation", "colour"))
@@ -115,14 +124,18 @@ def test_switched_off_every_sample_goes_through_clean():
     assert torch.equal(out, torch.from_numpy(images.to_input(pixels.numpy())))
 
 
-def forced(kind: str, value: int, n: int = 16, seed: int = 0) -> dict:
-    """A batch of n samples whose block `kind` ("border", "degradation" or "colour") is `value`."""
+def forced(kind: str, value: int, n: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
+    """The parameters of n samples whose block `kind` ("border", "degradation" or "colour") is `value`."""
     params = augment.draw({"enabled": False, **P}, np.arange(seed, seed + n), SIZE)
     params[kind] = np.full(n, value)
     if kind == "degradation" and augment.DEGRADATIONS[value].endswith(("blur", "defocus")):
         enabled = augment.draw({"enabled": True, **P}, np.arange(seed, seed + 4000), SIZE)
         params["kernel"] = enabled["kernel"][enabled["degradation"] == value][:n]
-    return augment.to_batch(params)
+    return params
+
+
+def applied(pixels: torch.Tensor, params: dict[str, np.ndarray]) -> torch.Tensor:
+    return augment.apply(pixels, augment.to_batch(params))
 
 
 def grey(n: int = 16, level: int = 128) -> torch.Tensor:
@@ -131,24 +144,24 @@ def grey(n: int = 16, level: int = 128) -> torch.Tensor:
 
 def test_noise_has_the_drawn_standard_deviation():
     params = forced("degradation", augment.DEGRADATIONS.index("noise"))
-    out = augment.apply(grey(), params)
+    out = applied(grey(), params)
     measured = (out - 128 / 255).flatten(1).std(dim=1)
-    np.testing.assert_allclose(measured.numpy(), params["noise_std"].numpy(), rtol=0.05)
+    np.testing.assert_allclose(measured.numpy(), params["noise_std"], rtol=0.05)
     assert abs(float((out - 128 / 255).mean())) < 1e-3
 
 
 def test_blurs_and_identity_warps_keep_a_flat_image_flat_and_warps_move_content():
     flat = torch.full((16, 3, SIZE, SIZE), 128 / 255)
     for name in ("gaussian_blur", "motion_blur", "defocus"):
-        out = augment.apply(grey(), forced("degradation", augment.DEGRADATIONS.index(name)))
+        out = applied(grey(), forced("degradation", augment.DEGRADATIONS.index(name)))
         torch.testing.assert_close(out, flat, atol=1e-5, rtol=0)
     pixels = torch.randint(0, 256, (16, SIZE, SIZE, 3), dtype=torch.uint8)
     params = forced("border", 1)
-    params["affine"] = torch.tensor([[1.0, 0, 0], [0, 1, 0]]).expand(16, 2, 3).clone()
-    torch.testing.assert_close(augment.apply(pixels, params), images.tensor_input(pixels), atol=1e-4, rtol=0)
+    params["affine"] = np.tile(np.eye(2, 3, dtype=np.float32), (16, 1, 1))
+    torch.testing.assert_close(applied(pixels, params), images.tensor_input(pixels), atol=1e-4, rtol=0)
     # A constant border brings black in at the corners; replicate and reflect bring none.
     for border, black in ((0, True), (1, False), (2, False)):
-        out = augment.apply(grey(level=200), forced("border", border))
+        out = applied(grey(level=200), forced("border", border))
         assert bool((out < 0.05).any()) == black, border
 
 
@@ -161,9 +174,9 @@ def test_the_warp_is_the_drawn_matrix_as_opencv_applies_it(border, opencv):
 
     pixels = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8))
     params = forced("border", border)
-    out = augment.apply(pixels.clone(), params)
+    out = applied(pixels.clone(), params)
     for row in range(0, 16, 3):
-        matrix = params["affine"][row].numpy()
+        matrix = params["affine"][row]
         expected = cv2.warpAffine(
             pixels[row].numpy().astype(np.float32) / 255,
             matrix,
@@ -178,7 +191,7 @@ def test_the_warp_is_the_drawn_matrix_as_opencv_applies_it(border, opencv):
 
 def test_dropout_fills_exactly_the_drawn_holes_with_noise():
     params = forced("degradation", augment.DEGRADATIONS.index("dropout"))
-    out = augment.apply(grey(), params)
+    out = applied(grey(), params)
     changed = (out != 128 / 255).any(dim=1)
     for sample, holes in zip(changed, params["holes"], strict=True):
         expected = torch.zeros(SIZE, SIZE, dtype=torch.bool)
@@ -190,7 +203,7 @@ def test_dropout_fills_exactly_the_drawn_holes_with_noise():
 
 def test_spatter_covers_part_of_the_image_in_its_colour():
     for name, brighter in (("rain", True), ("mud", False)):
-        out = augment.apply(grey(), forced("degradation", augment.DEGRADATIONS.index(name)))
+        out = applied(grey(), forced("degradation", augment.DEGRADATIONS.index(name)))
         change = (out - 128 / 255).mean(dim=1)
         covered = (change.abs() > 0.02).flatten(1).float().mean(dim=1)
         assert (covered > 0.01).all() and (covered < 0.9).all(), (name, covered)
@@ -203,10 +216,10 @@ def test_equalize_is_opencvs_per_channel_and_jitter_stays_in_range():
     rng = np.random.default_rng(3)
     pixels = rng.normal(120, 10, (16, SIZE, SIZE, 3)).clip(0, 255).astype(np.uint8)
     pixels[1] = 77  # a flat image stays as it is
-    out = augment.apply(torch.from_numpy(pixels), forced("colour", augment.COLOURS.index("equalize")))
+    out = applied(torch.from_numpy(pixels), forced("colour", augment.COLOURS.index("equalize")))
     expected = np.stack([cv2.merge([cv2.equalizeHist(image[:, :, c]) for c in range(3)]) for image in pixels])
     np.testing.assert_array_equal(np.round(out.permute(0, 2, 3, 1).numpy() * 255), expected)
-    out = augment.apply(torch.randint(0, 256, (16, SIZE, SIZE, 3), dtype=torch.uint8), forced("colour", 1))
+    out = applied(torch.randint(0, 256, (16, SIZE, SIZE, 3), dtype=torch.uint8), forced("colour", 1))
     assert float(out.min()) >= 0 and float(out.max()) <= 1
 
 
@@ -233,7 +246,7 @@ def test_the_whole_batch_way_gives_every_sample_the_pixels_of_its_rows_alone():
     pixels = torch.from_numpy(rng.integers(0, 256, (64, SIZE, SIZE, 3), dtype=np.uint8))
     always = {"enabled": True, "shift_scale_rotate_p": 1, "degradation_p": 1, "colour_p": 1}
     batch = augment.to_batch(augment.draw(always, np.arange(64), SIZE))
-    assert all(len(rows) for rows in batch["rows"].values())
+    assert all(chosen.any() for chosen in augment.selections(augment.unpack(batch)).values())
     rows_only = augment.apply(pixels.clone(), batch, whole_batch=False)
     assert torch.equal(augment.apply(pixels.clone(), batch, whole_batch=True), rows_only)
     assert not torch.equal(rows_only, images.tensor_input(pixels))

@@ -2,8 +2,8 @@
 
 `draw` picks a batch's parameters on the CPU, each sample's from its own seed alone (in the loader
 worker, so a run is a function of its seed whatever the device, rank slicing or worker count), and
-`to_batch` finds which rows each transform takes; `apply` runs them wherever the batch is — the GPU
-after transfer, or the CPU — on whole batches, with plain torch. One implementation for both.
+`to_batch` packs them; `apply` runs them wherever the batch is — the GPU after transfer, or the CPU —
+on whole batches, with plain torch. One implementation for both.
 
 The blocks and their ranges (albumentations 2.0 defaults where the recipe names none):
   geometric    affine: scale 0.9-1.1 per axis, shift +-6.25 % per axis, rotation +-15 deg, about
@@ -119,8 +119,7 @@ def _kind(degradation: int) -> str | None:
 
 
 def selections(codes: dict) -> dict:
-    """Which samples each transform takes (name -> bool per sample), from the drawn codes: numpy
-    arrays in `to_batch`, tensors on the device in `apply`."""
+    """Which samples each transform takes (name -> bool per sample), from the drawn codes."""
     chosen = {
         **{name: codes["border"] == i for i, name in enumerate(BORDERS)},
         **{name: codes["degradation"] == i for i, name in enumerate(DEGRADATIONS)},
@@ -130,14 +129,43 @@ def selections(codes: dict) -> dict:
     return chosen
 
 
-def to_batch(params: dict[str, np.ndarray]) -> dict:
-    """A batch's parameters as tensors, with the rows each transform runs on ("rows": name ->
-    indices), found here on the CPU so that `apply` never waits for the device to tell it."""
-    rows = {name: torch.from_numpy(np.flatnonzero(chosen)) for name, chosen in selections(params).items()}
+# How a batch's parameters travel from a loader worker: in two tensors, a block of columns per
+# parameter (each tensor a worker hands over costs the main process a round trip to that worker;
+# the parameters one by one, with each transform's rows, were 25 tensors a batch).
+_PACKED = {
+    "int64": {
+        "border": (),
+        "degradation": (),
+        "colour": (),
+        "pixel_seed": (),
+        "jitter_order": (len(JITTERS),),
+        "holes": (MAX_HOLES, 4),
+    },
+    "float32": {"affine": (2, 3), "noise_std": (), "kernel": (KERNEL_SIZE, KERNEL_SIZE), "jitter": (4,)},
+}
+
+
+def to_batch(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """A batch's parameters (`draw`) packed as tensors, one per type, for `apply` to unpack."""
+    n = len(params["border"])
     return {
-        **{key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in params.items()},
-        "rows": rows,
+        dtype: torch.from_numpy(
+            np.concatenate([params[name].reshape(n, -1) for name in names], axis=1).astype(dtype)
+        )
+        for dtype, names in _PACKED.items()
     }
+
+
+def unpack(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`to_batch`'s tensors as the parameters by name (views: nothing is copied)."""
+    params = {}
+    for dtype, shapes in _PACKED.items():
+        packed, column = batch[dtype], 0
+        for name, shape in shapes.items():
+            width = math.prod(shape)
+            params[name] = packed[:, column : column + width].reshape(len(packed), *shape)
+            column += width
+    return params
 
 
 def _affine_matrices(geometry: np.ndarray, size: int) -> np.ndarray:
@@ -200,12 +228,13 @@ def _holes(numbers: np.ndarray, size: int) -> np.ndarray:
     return holes
 
 
-def apply(pixels: torch.Tensor, batch: dict, whole_batch: bool | None = None) -> torch.Tensor:
+def apply(pixels: torch.Tensor, packed: dict, whole_batch: bool | None = None) -> torch.Tensor:
     """uint8 BGR [N, H, W, 3] and the batch's parameters (`to_batch`) -> the network's float input
     [N, 3, H, W], on the device the batch is on. Each transform runs either on its own rows only
     (the CPU's way: the work is the cost) or on the whole batch, keeping its rows' results (the
     GPU's way, the default there: shapes stay fixed, so cuDNN tunes each convolution once and the
     whole of it compiles into one graph). A sample's pixels are the same either way."""
+    batch = unpack(packed)
     whole_batch = pixels.is_cuda if whole_batch is None else whole_batch
     on = _WholeBatch(batch) if whole_batch else _RowsOnly(batch)
     x = images.tensor_input(pixels)
@@ -219,7 +248,8 @@ class _RowsOnly:
     transform(their images, their rows), run on those samples alone."""
 
     def __init__(self, batch: dict):
-        self.rows = batch["rows"]
+        # Found here: on a CPU, asking which samples fire costs no wait for a device.
+        self.rows = {name: chosen.nonzero().flatten() for name, chosen in selections(batch).items()}
 
     def __call__(self, name: str, x: torch.Tensor, transform) -> torch.Tensor:
         rows = self.rows[name]
