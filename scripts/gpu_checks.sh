@@ -38,8 +38,10 @@ say "augment tests on the GPU: $(tail -1 "$out/test.log")"
 snakemake --cores "$(nproc)" --scheduler greedy "results/$recipe/cache/summary.json" >"$out/cache.log" 2>&1
 say "recipe cache: rc $? ($(tail -1 "$out/cache.log"))"
 
-# The rows that decide the recipe's run first; the others after it.
-timeout $(until_last 400) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
+# The rows that decide the recipe's run first (~100 s on an H200, compilation included); the others
+# after it.
+bench_limit=$(until_last 200)
+timeout $((bench_limit < 180 ? bench_limit : 180)) python scripts/bench_gpu.py --accelerator "$accelerator" --config "configs/$recipe.yaml" \
     --json "$out/bench.json" --steps 120 --workers \
     --augment none:rows none:whole reduce-overhead:whole --gpu-steps reduce-overhead:32:clean \
     --end-to-end reduce-overhead:32 \

@@ -60,3 +60,7 @@ def test_cache_round_trip_and_expansion(tmp_path):
     assert isinstance(opened.images, np.memmap)
     row = opened.split("train").iloc[9]  # second image, variant 1
     np.testing.assert_array_equal(opened.sample(row.image, row.variant), np.rot90(opened.images[row.image]))
+    # A batch is taken a variant at a time: the same pixels as sample by sample.
+    train = opened.split("train").sample(frac=1, random_state=0)
+    one_by_one = np.stack([opened.sample(r.image, r.variant) for r in train.itertuples()])
+    np.testing.assert_array_equal(opened.samples(train), one_by_one)

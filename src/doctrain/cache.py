@@ -25,11 +25,12 @@ VARIANT_SUFFIX = ("", "@r90", "@r180", "@r270", "@m", "@m.r90", "@m.r180", "@m.r
 
 
 def apply_variant(image: np.ndarray, variant: int) -> np.ndarray:
-    """image [H, W, C] -> its dihedral variant (mirror left-right first, then quarter turns)."""
+    """image [H, W, C], or a stack of them [N, H, W, C] -> its dihedral variant (mirror left-right
+    first, then quarter turns)."""
     quarter_turns, mirror = DIHEDRAL[variant]
     if mirror:
-        image = image[:, ::-1]
-    return np.rot90(image, quarter_turns)
+        image = image[..., ::-1, :]
+    return np.rot90(image, quarter_turns, axes=(-3, -2))
 
 
 def build_index(table: pd.DataFrame, expand_dihedral: bool) -> pd.DataFrame:
@@ -90,9 +91,18 @@ class Cache:
         """uint8 BGR [S, S, 3], contiguous (a copy: the memory map stays read-only)."""
         return np.ascontiguousarray(apply_variant(self.images[image], variant))
 
+    def take(self, images: np.ndarray, variants: np.ndarray) -> np.ndarray:
+        """uint8 BGR [N, S, S, 3] of the images at those rows of the cache in those variants, a
+        variant's images at once."""
+        out = np.empty((len(images), *self.images.shape[1:]), dtype=self.images.dtype)
+        for variant in np.unique(variants):
+            chosen = np.flatnonzero(variants == variant)
+            out[chosen] = apply_variant(self.images[images[chosen]], int(variant))
+        return out
+
     def samples(self, rows: pd.DataFrame) -> np.ndarray:
         """uint8 BGR [N, S, S, 3] of index rows (their `image` and `variant`)."""
-        return np.stack([self.sample(int(r.image), int(r.variant)) for r in rows.itertuples()])
+        return self.take(rows["image"].to_numpy(), rows["variant"].to_numpy())
 
     def batches(self, split: str, size: int) -> Iterator[np.ndarray]:
         """A split's samples, in index order, `size` at a time (uint8 BGR [n, S, S, 3])."""

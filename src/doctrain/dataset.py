@@ -68,7 +68,7 @@ class TrainSamples(Dataset):
         quarter of the float bytes to the device), their classes, and their augmentation's
         parameters, drawn here for the batch at once, which doctrain.augment.apply runs there."""
         rows, seeds = np.array(keys, dtype=np.int64).reshape(-1, 2).T
-        pixels = np.stack([self.cache.sample(int(self.image[row]), int(self.variant[row])) for row in rows])
+        pixels = self.cache.take(self.image[rows], self.variant[rows])
         params = augment.draw(self.augment_settings, seeds, pixels.shape[1])
         return (
             torch.from_numpy(pixels),
