@@ -50,8 +50,8 @@ say "bench_gpu: rc $?"
 grep -E "^\|" "$out/bench.log" | tee -a "$out/summary.txt"
 
 # The faster compile mode end to end, and as many of the recipe's epochs as its rate fits in the time
-# left (kept back: ~120 s for compiling, validation and the stages after the training). The training
-# ran at ~0.75x the benchmark's end to end row on an H200 (2026-12-04), hence the 0.7.
+# left (kept back: ~120 s for compiling, validation and the stages after the training). The compiled
+# training ran at ~0.75x the benchmark's end to end row on an H200 (eager at ~1.0x), hence the 0.7.
 read -r mode epochs configured < <(python - "$out/bench.json" "$(left)" "configs/$recipe.yaml" <<'EOF'
 import json, sys, yaml
 rows_file, left, config = sys.argv[1], int(sys.argv[2]), yaml.safe_load(open(sys.argv[3]))
