@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import multiprocessing.util
 import os
 import platform
 import tempfile
@@ -72,7 +73,10 @@ def _temporary_files_in(folder: Path):
     """Lightning writes each checkpoint to a temporary file and moves it into place; in the system's
     temporary folder that move is a copy across filesystems, which a kill or a full disk can leave
     half done under the final name. Beside the checkpoints it is an atomic rename. Absolute: whatever
-    else makes temporary files meanwhile (TorchInductor's C++ builds) may change its directory."""
+    else makes temporary files meanwhile (TorchInductor's C++ builds) may change its directory.
+    Multiprocessing's own folder is fixed first, in the system's: the loader workers' sockets live
+    there, and a socket's path may not be longer than 107 bytes."""
+    multiprocessing.util.get_temp_dir()
     folder.mkdir(parents=True, exist_ok=True)
     saved, tempfile.tempdir = tempfile.tempdir, str(folder.resolve())
     try:
