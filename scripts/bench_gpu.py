@@ -59,6 +59,8 @@ def augment_rate(loader, spec: str, steps: int, device: torch.device) -> dict:
     """Samples/s of augment.apply alone, `spec` MODE:WAY, on WARMUP_STEPS + `steps` distinct batches
     moved to the device first (cuDNN tuning on the device as in a training)."""
     mode, way = spec.split(":")
+    if way not in ("rows", "whole"):
+        sys.exit(f"bench_gpu: --augment {spec}: WAY is rows or whole")
     batches = [move_data_to_device(batch, device) for batch in itertools.islice(loader, WARMUP_STEPS + steps)]
     apply = functools.partial(augment.apply, whole_batch=way == "whole")
     if mode != "none":
