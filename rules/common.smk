@@ -1,5 +1,6 @@
 # Parse-time helpers only: find and validate the experiments, and build each rule's params from
 # its stage's declaration (src/doctrain/stages.py). The work itself is in src/doctrain.
+import atexit
 import functools
 import os
 import re
@@ -80,7 +81,7 @@ def settings(stage):
 
 
 def code(stage):
-    return fingerprint.code_json(stage)
+    return fingerprint.code_json(stage, hashes())
 
 
 ENVIRONMENT = fingerprint.environment_digest()
@@ -124,10 +125,11 @@ def dataset_fingerprint_path(exp):
     return f"results/{exp}/dataset.fingerprint.json"
 
 
-# Planning writes nothing: what the hashes learnt is saved once a run holds Snakemake's lock
-# (onstart: not in a dry run, a lint, a DAG or a report), and each stage adds what it wrote
-# (_io.write_stamp). Jobs on a cluster parse this file again; only the main process checks the data
-# and the results, and only for the experiments the run plans (the input functions below).
+# Planning writes nothing: what the hashes learnt is saved by a run (not a dry run, a lint, a DAG or
+# a report), before its jobs start and as it ends (also a run with nothing to do, which Snakemake's
+# onstart never sees), and each stage adds what it wrote (_io.write_stamp); saves merge under a lock.
+# Jobs on a cluster parse this file again; only the main process checks the data and the results,
+# and only for the experiments the run plans (the input functions below).
 @functools.cache
 def hashes():
     return _io.HashCache(_io.HASH_CACHE)
@@ -147,6 +149,16 @@ def current_fingerprint(manifest):
 onstart:
     _io.HASH_CACHE.parent.mkdir(exist_ok=True)  # where the stages record what they hash
     hashes().save()
+
+
+def save_hashes_after_a_run():
+    # Only a run has an executor that neither dry-runs nor touches; --lint, --dag, --report have none.
+    executes = workflow.executor_plugin is not None and not (workflow.dryrun or workflow.touch)
+    if workflow.is_main_process and executes:
+        hashes().save()
+
+
+atexit.register(save_hashes_after_a_run)
 
 
 PRODUCERS = stages.producers()
@@ -186,7 +198,7 @@ def say_what_changed(exp):
     if exp in _TOLD or not workflow.is_main_process:
         return
     _TOLD.add(exp)
-    found = integrity.changes(exp, EXPERIMENTS[exp], FOUND.owner(exp))
+    found = integrity.changes(exp, EXPERIMENTS[exp], FOUND.owner(exp), hashes())
     if found:
         logger.info(f"doctrain: {exp}: changed since it was built: {'; '.join(found)}")
 
@@ -244,7 +256,7 @@ def stage_params(stage, stage_settings=None):
             **{name: template.format(exp=w.exp) for name, template in stage.values.items()},
         }
         if "lineage" in stage.computed:
-            values["lineage"] = canonical_json(fingerprint.lineage(EXPERIMENTS[w.exp]))
+            values["lineage"] = canonical_json(fingerprint.lineage(EXPERIMENTS[w.exp], hashes()))
         return " ".join(f"--{name.replace('_', '-')} {shlex.quote(str(v))}" for name, v in values.items())
 
     return {
@@ -271,10 +283,15 @@ def stage_threads(stage):
     return lambda w: scheduling.threads(stage.name, EXPERIMENTS[w.exp])
 
 
+@functools.cache
+def job_resources(stage_name, exp):
+    return scheduling.resources(stage_name, EXPERIMENTS[exp])
+
+
 def stage_resources(stage):
     """Each resource the stage's jobs may ask for (doctrain.scheduling), as Snakemake's callables."""
     return {
-        key: (lambda w, key=key: scheduling.resources(stage.name, EXPERIMENTS[w.exp])[key])
+        key: (lambda w, key=key: job_resources(stage.name, w.exp)[key])
         for key in scheduling.RESOURCES.get(stage.name, ())
     }
 

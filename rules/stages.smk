@@ -59,7 +59,7 @@ rule compare:
     params:
         experiments=lambda w: " ".join(shlex.quote(e) for e in group_members(w.group)),
         overrides=OVERRIDES_TEXT,
-        code=canonical_json(fingerprint.module_digests("doctrain.compare")),
+        code=canonical_json(fingerprint.module_digests("doctrain.compare", hashes())),
     shell:
         "python -m doctrain compare {params.experiments} --overrides={params.overrides:q}"
         " --title {wildcards.group:q} --csv {output.csv:q} --md {output.md:q} --html {output.html:q}"

@@ -6,7 +6,7 @@ import pickle
 import subprocess
 import sys
 
-from doctrain import _io
+from doctrain import _io, fingerprint
 from doctrain._io import HashCache
 
 
@@ -32,7 +32,7 @@ def test_hash_cache_is_json_and_a_damaged_one_is_discarded_with_a_warning(tmp_pa
     cache.save()
     assert json.loads(cache_path.read_text())["files"][str(data)].startswith(digest + " ")
 
-    wrong_shape = b'{"format": "doctrain-hash-cache/3", "files": {"x": 1}}'
+    wrong_shape = b'{"format": "doctrain-hash-cache/4", "files": {"x": 1}}'
     for damage in (b"\x80\x04not json", wrong_shape, b"[]"):
         cache_path.write_bytes(damage)
         reloaded = HashCache(cache_path)
@@ -96,3 +96,59 @@ def test_a_published_file_reaches_the_disk_before_its_name_and_its_name_before_w
     _io.write_text_atomic(tmp_path / "model.onnx", "bytes")
     assert events == ["fsync file", "rename", "fsync folder"]
     assert (tmp_path / "model.onnx").read_text() == "bytes"
+
+
+def _dataset(folder, files: int):
+    images = folder / "img"
+    images.mkdir(parents=True)
+    rows = ["path,label"]
+    for i in range(files):
+        (images / f"{i}.png").write_bytes(f"image {i}".encode())
+        rows.append(f"img/{i}.png,c{i % 3}")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest, images
+
+
+def test_a_dataset_whose_files_did_not_move_is_digested_without_reading_one(tmp_path, monkeypatch):
+    """Issue 25, item 5: a no-op plan looked every listed file up in a cache of every file and
+    hashed the combination again; now the dataset's digest is remembered with the identity of all
+    its files, and the cache of their digests is read only when one of them moved."""
+    manifest, images = _dataset(tmp_path / "data", 40)
+    cache_path = tmp_path / "cache.json"
+    cache = HashCache(cache_path)
+    first = fingerprint.dataset_digest(manifest, cache)
+    cache.save()
+    every_plan_loads = json.loads(cache_path.read_text())["files"]
+    assert not [path for path in every_plan_loads if path.startswith(str(images))]
+
+    read = []
+    monkeypatch.setattr(_io, "sha256_file", lambda path, real=_io.sha256_file: read.append(str(path)) or real(path))
+    loaded = []
+    monkeypatch.setattr(
+        HashCache, "_read", classmethod(lambda cls, path, real=HashCache._read: loaded.append(path) or real(path))
+    )
+    assert fingerprint.dataset_digest(manifest, HashCache(cache_path)) == first
+    assert read == [] and loaded == [cache_path], "nothing moved, yet files or their cache were read"
+
+    stat = (images / "7.png").stat()
+    (images / "7.png").write_bytes(b"IMAGE 7")  # the same size, and its old mtime restored
+    os.utime(images / "7.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert fingerprint.dataset_digest(manifest, HashCache(cache_path)) != first
+    assert read == [str(images / "7.png")]  # that file alone is read again
+
+
+def test_the_identity_of_many_files_is_the_same_from_one_process_or_several(tmp_path, monkeypatch):
+    manifest, images = _dataset(tmp_path / "data", 40)
+    paths = [str(p) for p in sorted(images.iterdir())]
+    monkeypatch.setattr(_io, "_IDENTITY_BLOCK", 3)
+    monkeypatch.setattr(_io, "_FORK_BLOCKS", 1)
+    forks = []
+    monkeypatch.setattr(os, "fork", lambda real=os.fork: forks.append(1) or real())
+    shared_out = _io.identity_of_all(paths)
+    assert forks, "a list of 14 blocks on more than one core is stat-ed by helpers"
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert _io.identity_of_all(paths) == shared_out
+    os.utime(paths[20])  # one file touched: its ctime moves
+    assert _io.identity_of_all(paths) != shared_out
+    assert _io.identity_of_all(paths[:-1]) != _io.identity_of_all(paths)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from doctrain import _io
+from doctrain import _io, fingerprint
 from doctrain.onnx_model import read_metadata
 from tests.conftest import TARGET, copy_workflow, planned_jobs, snakemake
 
@@ -247,13 +247,19 @@ def test_comment_and_docstring_edits_change_nothing(restore):
     assert plan(restore) == set()
 
 
-def test_touching_every_file_changes_nothing(restore):
+def test_touching_every_file_changes_nothing(restore, monkeypatch):
     files = [p for p in restore.rglob("*") if p.is_file() and ".snakemake" not in p.parts]
     random.Random(0).shuffle(files)  # in no particular order: outputs may end up older than inputs
     now = time.time_ns()
     for offset, path in enumerate(files):
         os.utime(path, ns=(now + offset * 1_000_000, now + offset * 1_000_000))
     assert plan(restore) == set()
+    # Issue 25: a run with nothing to do (which Snakemake's onstart never sees) keeps what its plan
+    # learnt, so the plans after it read no image again.
+    assert snakemake(restore, TARGET).returncode == 0
+    monkeypatch.chdir(restore)
+    monkeypatch.setattr(_io, "sha256_file", lambda path: pytest.fail(f"{path} was read again"))
+    fingerprint.dataset_digest("data/synth/smoke/manifest.csv", _io.HashCache(_io.HASH_CACHE))
 
 
 def test_two_clean_builds_in_different_directories_are_byte_identical(built, tmp_path):

@@ -22,10 +22,17 @@ from doctrain.errors import UserError
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SYNTH_MANIFEST = re.compile(r"data/synth/(?P<name>[A-Za-z0-9_.-]+)/manifest\.csv")
 SCHEMA = "config.schema.yaml"
+# libyaml's loader where PyYAML was built with it (the wheels are): the same safe loading, 6x faster
+# (every plan reads every config).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YAML_LOADER)
 
 
 def load_schema(name: str = SCHEMA) -> dict:
-    return yaml.safe_load(importlib.resources.files("doctrain").joinpath(name).read_text())
+    return load_yaml(importlib.resources.files("doctrain").joinpath(name).read_text())
 
 
 def _with_defaults(validator_class):
@@ -150,7 +157,7 @@ def _check_consistency(config: dict, source: str) -> None:
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        return load_yaml(path.read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
     except yaml.YAMLError as exc:

@@ -14,7 +14,9 @@ import csv
 import functools
 import hashlib
 import importlib.metadata
+import json
 import os
+import sys
 from pathlib import Path
 
 from doctrain import _io
@@ -59,6 +61,7 @@ def stage_settings(config: dict, stage: str) -> dict:
     return nest(dotted_settings(config, stage))
 
 
+@functools.cache
 def _module_path(module: str) -> Path:
     relative = module.split(".")[1:]
     candidate = PACKAGE_DIR.joinpath(*relative)
@@ -100,26 +103,45 @@ def _module_digest_and_imports(module: str) -> tuple[str, frozenset[str]]:
     return hashlib.sha256(dump.encode()).hexdigest()[:12], frozenset(imports)
 
 
-def code_digests(stage: str) -> dict[str, str]:
+# ast.dump's text may change between Python versions: each version remembers its own digests.
+_CODE_DIGEST = f"code-digest-py{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _remembered_digest_and_imports(module: str, cache: HashCache | None) -> tuple[str, frozenset[str]]:
+    """As `_module_digest_and_imports`, remembered in `cache` by the module's content (parsing
+    every module a plan needs costs ~0.1 s; looking them up, a stat each)."""
+    if cache is None:
+        return _module_digest_and_imports(module)
+
+    def compute() -> str:
+        digest, imports = _module_digest_and_imports(module)
+        return " ".join([digest, *sorted(imports)])
+
+    digest, *imports = cache.derived(_module_path(module), _CODE_DIGEST, compute).split()
+    return digest, frozenset(imports)
+
+
+def code_digests(stage: str, cache: HashCache | None = None) -> dict[str, str]:
     """Digest of every doctrain module the stage's module imports, directly or not.
     Comments and docstrings do not count; any other edit does."""
-    return module_digests(STAGES[stage].module)
+    return json.loads(code_json(stage, cache))
 
 
-def module_digests(top: str) -> dict[str, str]:
+def module_digests(top: str, cache: HashCache | None = None) -> dict[str, str]:
     """Digest of `top` and every doctrain module it imports, directly or not."""
     pending, digests = [top], {}
     while pending:
         module = pending.pop()
         if module in digests:
             continue
-        digests[module], imports = _module_digest_and_imports(module)
+        digests[module], imports = _remembered_digest_and_imports(module, cache)
         pending.extend(imports)
     return dict(sorted(digests.items()))
 
 
-def code_json(stage: str) -> str:
-    return canonical_json(code_digests(stage))
+@functools.cache  # a plan asks once per stage and experiment
+def code_json(stage: str, cache: HashCache | None = None) -> str:
+    return canonical_json(module_digests(STAGES[stage].module, cache))
 
 
 @functools.cache
@@ -158,29 +180,43 @@ def _listed_paths(manifest: Path) -> list[str]:
 
 def dataset_digest(manifest: str | Path, cache: HashCache) -> dict | None:
     """Digest of the manifest and of every file it lists (None when the manifest does not exist yet).
-    Unreadable manifests still get a digest of their bytes: the validation stage reports them."""
+    Unreadable manifests still get a digest of their bytes: the validation stage reports them.
+    While neither the manifest nor any listed file moved (`_io.identity_of_all`), the digest is the
+    one remembered and no file is read: a no-op plan over 100,000 images costs their stats."""
     manifest = Path(manifest)
-    manifest_sha = cache.sha256(manifest)
+    # The manifest's identity is taken before it is read: an edit in between then cannot be
+    # remembered as the content it replaced.
+    manifest_identity = _io.identity_of_all([manifest])
+    paths = _listed_paths(manifest)
+    identity = hash((manifest_identity, _io.identity_of_all(paths)))
+    known = cache.dataset(manifest, identity)
+    if known is not None:
+        return known
+    from tqdm import tqdm  # here, not above: a no-op plan never gets this far (78 ms of imports)
+
+    files = cache.files_of(manifest)
+    manifest_sha = files.sha256(manifest)
     if manifest_sha is None:
         return None
     combined = hashlib.sha256(manifest_sha.encode())
-    files = 0
-    for path in _listed_paths(manifest):
-        combined.update(f"{path}\0{cache.sha256(path)}\n".encode())
-        files += 1
-    return {
+    # Shown only when hashing takes a while: the first plan over a large dataset reads every file.
+    for path in tqdm(paths, desc=f"doctrain: hashing what {manifest} lists", unit="file", delay=2, mininterval=1):
+        combined.update(f"{path}\0{files.sha256(path)}\n".encode())
+    digest = {
         "manifest": str(manifest),
         "manifest_sha256": manifest_sha,
-        "files": files,
+        "files": len(paths),
         "sha256": combined.hexdigest(),
     }
+    cache.remember_dataset(manifest, identity, digest)
+    return digest
 
 
-def lineage(config: dict) -> dict:
+def lineage(config: dict, cache: HashCache | None = None) -> dict:
     """Digests of everything that shapes an exported model: the settings and the code of every
     stage up to export, and the software environment (recorded in the ONNX metadata)."""
     settings = {stage: settings_json(config, stage) for stage in MODEL_STAGES}
-    code = {stage: code_json(stage) for stage in MODEL_STAGES}
+    code = {stage: code_json(stage, cache) for stage in MODEL_STAGES}
     return {
         "config_sha256": _io.sha256_text(canonical_json(settings)),
         "code_sha256": _io.sha256_text(canonical_json(code)),

@@ -94,12 +94,12 @@ def first_break(exp: str, cache: HashCache, owner: str | None = None) -> Break |
     return None
 
 
-def _origin(settings: dict, stage: str) -> dict:
+def _origin(settings: dict, stage: str, cache: HashCache | None = None) -> dict:
     from doctrain.fingerprint import code_digests, dotted_settings, environment_digest
 
     return {
         "settings": dotted_settings(settings, stage),
-        "code": code_digests(stage),
+        "code": code_digests(stage, cache),
         "environment": environment_digest(),
     }
 
@@ -122,16 +122,17 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "…"
 
 
-def changes(exp: str, config: dict, owner: str | None = None) -> list[str]:
+def changes(exp: str, config: dict, owner: str | None = None, cache: HashCache | None = None) -> list[str]:
     """What differs, stage by stage, between what built the results and what would build them now:
-    `train: optimizer.lr 0.002 → 0.003`, `export: code of doctrain.export`, and the like."""
+    `train: optimizer.lr 0.002 → 0.003`, `export: code of doctrain.export`, and the like (`cache`
+    remembers the code digests)."""
     found, environment_changed = [], False
     for stage, stamp in chain(exp, owner)[1:]:
         record = read_record(stamp) or {}
         built = record.get("built_from")
         if not isinstance(built, dict):
             continue
-        now = _origin(config, stage)
+        now = _origin(config, stage, cache)
         before, after = built.get("settings", {}), now["settings"]
         for key in sorted(set(before) | set(after)):
             old, new = before.get(key, ABSENT), after.get(key, ABSENT)
