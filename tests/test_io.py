@@ -123,10 +123,12 @@ def test_a_dataset_whose_files_did_not_move_is_digested_without_reading_one(tmp_
     assert not [path for path in every_plan_loads if path.startswith(str(images))]
 
     read = []
-    monkeypatch.setattr(_io, "sha256_file", lambda path, real=_io.sha256_file: read.append(str(path)) or real(path))
+    real_sha256_file = _io.sha256_file
+    monkeypatch.setattr(_io, "sha256_file", lambda path: read.append(str(path)) or real_sha256_file(path))
     loaded = []
+    real_read = HashCache._read
     monkeypatch.setattr(
-        HashCache, "_read", classmethod(lambda cls, path, real=HashCache._read: loaded.append(path) or real(path))
+        HashCache, "_read", classmethod(lambda cls, path: loaded.append(path) or real_read(path))
     )
     assert fingerprint.dataset_digest(manifest, HashCache(cache_path)) == first
     assert read == [] and loaded == [cache_path], "nothing moved, yet files or their cache were read"

@@ -200,7 +200,8 @@ def dataset_digest(manifest: str | Path, cache: HashCache) -> dict | None:
         return None
     combined = hashlib.sha256(manifest_sha.encode())
     # Shown only when hashing takes a while: the first plan over a large dataset reads every file.
-    for path in tqdm(paths, desc=f"doctrain: hashing what {manifest} lists", unit="file", delay=2, mininterval=1):
+    listed = tqdm(paths, desc=f"doctrain: hashing what {manifest} lists", unit="file", delay=2, mininterval=1)
+    for path in listed:
         combined.update(f"{path}\0{files.sha256(path)}\n".encode())
     digest = {
         "manifest": str(manifest),
