@@ -57,8 +57,18 @@ try:
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 
+# Planning writes nothing: what the hashes learnt is saved by a run (not a dry run, a lint, a DAG or
+# a report), before its jobs start and as it ends (also a run with nothing to do, which Snakemake's
+# onstart never sees), and each stage adds what it wrote (_io.write_stamp); saves merge under a lock.
+# Jobs on a cluster parse this file again; only the main process checks the data and the results,
+# and only for the experiments the run plans (the input functions below).
+@functools.cache
+def hashes():
+    return _io.HashCache(_io.HASH_CACHE)
+
+
 # A broken or badly named config or sweep stops only its own targets (rule config_error).
-FOUND = experiments.find(os.path.relpath(Path(workflow.basedir, "configs")), OVERRIDES)
+FOUND = experiments.find(os.path.relpath(Path(workflow.basedir, "configs")), OVERRIDES, hashes())
 EXPERIMENTS = FOUND.configs
 if FOUND.broken or FOUND.broken_sweeps:
     logger.warning(f"doctrain: {FOUND.broken_message()}")
@@ -125,25 +135,27 @@ def dataset_fingerprint_path(exp):
     return f"results/{exp}/dataset.fingerprint.json"
 
 
-# Planning writes nothing: what the hashes learnt is saved by a run (not a dry run, a lint, a DAG or
-# a report), before its jobs start and as it ends (also a run with nothing to do, which Snakemake's
-# onstart never sees), and each stage adds what it wrote (_io.write_stamp); saves merge under a lock.
-# Jobs on a cluster parse this file again; only the main process checks the data and the results,
-# and only for the experiments the run plans (the input functions below).
-@functools.cache
-def hashes():
-    return _io.HashCache(_io.HASH_CACHE)
-
-
 @functools.cache
 def first_break(exp):
     return integrity.first_break(exp, hashes(), FOUND.owner(exp)) if workflow.is_main_process else None
 
 
+# The data's identities (a stat of every listed file, doctrain.fingerprint) are taken at once, each
+# dataset in a helper process, while Snakemake builds its DAG; the DAG waits only for those it needs.
+DATA_IDENTITIES = (
+    {
+        manifest: _io.in_a_child(fingerprint.dataset_identity, manifest)
+        for manifest in sorted({cfg["data"]["manifest"] for cfg in EXPERIMENTS.values()})
+    }
+    if workflow.is_main_process
+    else {}
+)
+
+
 @functools.cache
 def current_fingerprint(manifest):
     """Experiments often share a manifest: its files are looked at once a run."""
-    return fingerprint.dataset_fingerprint(manifest, hashes())
+    return fingerprint.dataset_fingerprint(manifest, hashes(), DATA_IDENTITIES[manifest]())
 
 
 onstart:
@@ -279,8 +291,17 @@ STAGE_SHELL = (
 )
 
 
+def shared_or_per_experiment(value_of):
+    """value_of(exp) itself where every experiment has the same, else Snakemake's callable: Snakemake
+    inspects a callable's signature at each job (a 100-point sweep's trainings: 1,000 resources)."""
+    values = {canonical_json(value_of(exp)): value_of(exp) for exp in EXPERIMENTS}
+    if len(values) == 1:
+        return values.popitem()[1]
+    return lambda w: value_of(w.exp)
+
+
 def stage_threads(stage):
-    return lambda w: scheduling.threads(stage.name, EXPERIMENTS[w.exp])
+    return shared_or_per_experiment(lambda exp: scheduling.threads(stage.name, EXPERIMENTS[exp]))
 
 
 @functools.cache
@@ -289,9 +310,9 @@ def job_resources(stage_name, exp):
 
 
 def stage_resources(stage):
-    """Each resource the stage's jobs may ask for (doctrain.scheduling), as Snakemake's callables."""
+    """Each resource the stage's jobs may ask for (doctrain.scheduling)."""
     return {
-        key: (lambda w, key=key: job_resources(stage.name, w.exp)[key])
+        key: shared_or_per_experiment(lambda exp, key=key: job_resources(stage.name, exp)[key])
         for key in scheduling.RESOURCES.get(stage.name, ())
     }
 

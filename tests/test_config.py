@@ -121,3 +121,38 @@ def test_a_gpu_recipe_on_a_cpu_warns_with_an_estimate_and_the_demo_does_not(caps
             assert ("takes roughly 9.5 hours" in said and "meant for a GPU" in said) == warned, said
     finally:
         torch.set_num_threads(threads)
+
+
+def test_experiments_found_once_are_remembered_until_what_they_are_read_from_changes(tmp_path, monkeypatch):
+    """Issue 25, item 5: every plan validated every config and sweep point again (~0.15 s for a
+    100-point sweep); a cache remembers what was found, and any edit is seen."""
+    from doctrain import _io, experiments
+
+    configs = tmp_path / "configs"
+    (configs / "sweeps").mkdir(parents=True)
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    (configs / "base.yaml").write_text(yaml.safe_dump(smoke))
+    (configs / "sweeps" / "rates.yaml").write_text("base: base\ngrid: {optimizer.lr: [0.001, 0.002]}\n")
+    cache = _io.HashCache(tmp_path / "cache.json")
+    first = experiments.find(configs, {"schedule.epochs": 3}, cache)
+    assert first == experiments.find(configs, {"schedule.epochs": 3})
+    assert len(first.configs) == 3 and first.configs["rates.lr-0.002"]["optimizer"]["lr"] == 0.002
+    cache.save()
+
+    validated = []
+    real_validate = experiments.validate_config
+    monkeypatch.setattr(experiments, "validate_config", lambda *a: validated.append(a) or real_validate(*a))
+    again = _io.HashCache(tmp_path / "cache.json")
+    assert experiments.find(configs, {"schedule.epochs": 3}, again) == first and validated == []
+
+    for edit in (
+        lambda: (configs / "base.yaml").write_text(yaml.safe_dump({**smoke, "optimizer": {"lr": 0.005}})),
+        lambda: (configs / "sweeps" / "rates.yaml").write_text("base: base\ngrid: {optimizer.lr: [0.003]}\n"),
+        lambda: (configs / "broken.yaml").write_text("optimizer: {lr: -1}\n"),
+    ):
+        edit()
+        assert experiments.find(configs, {"schedule.epochs": 3}, again) == experiments.find(
+            configs, {"schedule.epochs": 3}
+        )
+    assert set(again.latest) == {"experiments"} and "broken" in experiments.find(configs, {}, again).broken
+    assert experiments.find(configs, {"schedule.epochs": 4}, again).configs["base"]["schedule"]["epochs"] == 4

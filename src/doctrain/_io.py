@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -126,7 +127,7 @@ def identity_of_all(paths: list[str | Path]) -> int:
     shares = min(len(os.sched_getaffinity(0)), len(blocks) // _FORK_BLOCKS) or 1
     bounds = [len(blocks) * i // shares for i in range(shares + 1)]
     parts = [blocks[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
-    helpers = [_in_a_child(_identities_of_blocks, part) for part in parts[1:]]
+    helpers = [in_a_child(_identities_of_blocks, part) for part in parts[1:]]
     identities = _identities_of_blocks(parts[0]) if parts else []
     for helper in helpers:
         identities += helper()
@@ -148,10 +149,10 @@ def _identities_of_blocks(blocks: list[list[str | Path]]) -> list[int]:
     return identities
 
 
-def _in_a_child(compute: Callable[[Any], list[int]], argument: Any) -> Callable[[], list[int]]:
-    """Start compute(argument) in a forked process; the function returned waits for its answer, and
-    computes it here if the child could not. The child runs nothing of its parent's but `compute`
-    (no exit handlers, no buffered output): planning runs inside Snakemake."""
+def in_a_child(compute: Callable[[Any], Any], argument: Any) -> Callable[[], Any]:
+    """Start compute(argument) in a forked process; the function returned waits for its answer (JSON
+    text through a pipe), and computes it here if the child could not. The child runs nothing of its
+    parent's but `compute` (no exit handlers, no buffered output): planning runs inside Snakemake."""
     try:
         read_end, write_end = os.pipe()
     except OSError:
@@ -167,19 +168,26 @@ def _in_a_child(compute: Callable[[Any], list[int]], argument: Any) -> Callable[
         try:
             os.close(read_end)
             with open(write_end, "w") as answer:
-                answer.write(" ".join(map(str, compute(argument))))
+                json.dump(compute(argument), answer)
             status = 0
         finally:
             os._exit(status)
     os.close(write_end)
 
-    def answer() -> list[int]:
+    @functools.cache
+    def answer() -> Any:
         with open(read_end) as pipe:
             text = pipe.read()
         _, status = os.waitpid(pid, 0)
-        return [int(word) for word in text.split()] if status == 0 else compute(argument)
+        return json.loads(text) if status == 0 else compute(argument)
 
     return answer
+
+
+def _is_latest_entry(value: Any) -> bool:
+    return (
+        isinstance(value, dict) and isinstance(value.get("key"), str) and isinstance(value.get("value"), str)
+    )
 
 
 def _is_dataset_entry(value: Any) -> bool:
@@ -194,11 +202,12 @@ class HashCache:
     """sha256 of files, remembered by (size, mtime_ns, ctime_ns, inode): a file is re-read only when
     one of these changed. ctime matters: an in-place edit that restores the old mtime still moves it.
 
-    Two more kinds of entry. A dataset's digest (a manifest and the files it lists), remembered with
+    Three more kinds of entry. A dataset's digest (a manifest and the files it lists), remembered with
     `identity_of_all` of them: while none moved, planning stats them and reads none; their own
     digests, 100,000 entries for a large dataset, are kept in a cache file of the dataset's
     (`files_of`), loaded only when one of them moved. And values derived from a file's content
-    (`derived`, e.g. a module's code digest), remembered by that content's digest.
+    (`derived`, e.g. a module's code digest), remembered by that content's digest. And the last value
+    of a name (`remembered`, e.g. the validated experiments), with the digest of all it depends on.
 
     Stored as JSON, one "sha256 identity" string per path: as fast to load as a pickle, and unlike
     one it cannot run code. A damaged file is discarded with a warning."""
@@ -209,6 +218,7 @@ class HashCache:
         self.path = Path(path)
         stored, state = self._read(self.path)
         self.entries, self.datasets, self.memo = stored["files"], stored["datasets"], stored["derived"]
+        self.latest = stored["latest"]
         self.dirty = state != "sound"  # rewritten unless it loads as it is
         self._dataset_files: dict[str, HashCache] = {}
         if state == "damaged":
@@ -218,7 +228,7 @@ class HashCache:
     def _read(cls, path: Path) -> tuple[dict[str, dict], str]:
         """The stored maps and whether the file was sound, missing, of another doctrain version
         (files are hashed again, nothing is wrong) or damaged."""
-        empty = {"files": {}, "datasets": {}, "derived": {}}
+        empty = {"files": {}, "datasets": {}, "derived": {}, "latest": {}}
         try:
             with open(path, "rb") as handle:
                 stored = json.load(handle)
@@ -233,6 +243,7 @@ class HashCache:
             and all(isinstance(stored.get(name), dict) for name in empty)
             and all(isinstance(v, str) for v in stored["files"].values())
             and all(isinstance(v, str) for v in stored["derived"].values())
+            and all(_is_latest_entry(v) for v in stored["latest"].values())
             and all(_is_dataset_entry(v) for v in stored["datasets"].values())
         ):
             return {name: stored[name] for name in empty}, "sound"
@@ -290,6 +301,16 @@ class HashCache:
             self.dirty = True
         return self.memo[key]
 
+    def remembered(self, name: str, key: str, compute: Callable[[], str]) -> str:
+        """`compute()`, remembered under `name` while `key` (the text of everything it depends on)
+        stays the same: one value a name, the last one computed."""
+        key_digest = sha256_text(key)
+        known = self.latest.get(name)
+        if known is None or known["key"] != key_digest:
+            known = self.latest[name] = {"key": key_digest, "value": compute()}
+            self.dirty = True
+        return known["value"]
+
     def save(self) -> None:
         """Merge what this process learnt into the file, under a lock: two runs in one checkout
         each add their entries instead of the last writer replacing the other's."""
@@ -301,7 +322,12 @@ class HashCache:
         with open(self.path.with_suffix(".lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             saved = self._read(self.path)[0]  # what others saved since we loaded
-            mine = {"files": self.entries, "datasets": self.datasets, "derived": self.memo}
+            mine = {
+                "files": self.entries,
+                "datasets": self.datasets,
+                "derived": self.memo,
+                "latest": self.latest,
+            }
             merged = {name: {**saved[name], **entries} for name, entries in mine.items()}
             with atomic_path(self.path) as tmp, open(tmp, "w") as handle:
                 json.dump({"format": self.FORMAT, **merged}, handle, separators=(",", ":"))

@@ -10,10 +10,12 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
+
+if TYPE_CHECKING:
+    import jsonschema
 
 from doctrain.errors import UserError
 
@@ -35,9 +37,14 @@ def load_schema(name: str = SCHEMA) -> dict:
     return load_yaml(importlib.resources.files("doctrain").joinpath(name).read_text())
 
 
-def _with_defaults(validator_class):
-    """A validator that also fills in each property's default (the recipe of the jsonschema FAQ)."""
-    validate_properties = validator_class.VALIDATORS["properties"]
+@functools.cache
+def schema_validator(name: str = SCHEMA) -> jsonschema.protocols.Validator:
+    """A validator of the named schema that also fills in each property's default (the recipe of the
+    jsonschema FAQ). jsonschema is imported here, not above: a plan that finds its experiments
+    remembered (doctrain.experiments) validates nothing and spares the import (~40 ms)."""
+    import jsonschema
+
+    validate_properties = jsonschema.Draft202012Validator.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
         if isinstance(instance, dict):
@@ -46,15 +53,10 @@ def _with_defaults(validator_class):
                     instance.setdefault(name, copy.deepcopy(subschema["default"]))
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
-
-
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
-
-
-@functools.cache
-def _config_validator() -> jsonschema.protocols.Validator:
-    return _Validator(load_schema())
+    with_defaults = jsonschema.validators.extend(
+        jsonschema.Draft202012Validator, {"properties": set_defaults}
+    )
+    return with_defaults(load_schema(name))
 
 
 def _stringify_int_keys(value: Any) -> Any:
@@ -102,7 +104,7 @@ def validate_config(raw: Any, source: str = "config") -> dict:
     if raw is None:
         raw = {}
     config = _stringify_int_keys(copy.deepcopy(raw))
-    errors = sorted(_config_validator().iter_errors(config), key=_key_path)
+    errors = sorted(schema_validator().iter_errors(config), key=_key_path)
     lines = [f"{_key_path(e)}: {e.message}{_number_hint(e)}" for e in errors]
     lines += _non_finite(config)
     if lines:

@@ -178,17 +178,25 @@ def _listed_paths(manifest: Path) -> list[str]:
     return [p if p.startswith(os.sep) else folder + p for p in paths]
 
 
-def dataset_digest(manifest: str | Path, cache: HashCache) -> dict | None:
-    """Digest of the manifest and of every file it lists (None when the manifest does not exist yet).
-    Unreadable manifests still get a digest of their bytes: the validation stage reports them.
-    While neither the manifest nor any listed file moved (`_io.identity_of_all`), the digest is the
-    one remembered and no file is read: a no-op plan over 100,000 images costs their stats."""
+def dataset_identity(manifest: str | Path) -> int:
+    """The identity of the manifest and of every file it lists (`_io.identity_of_all`): what a
+    dataset's digest is remembered with."""
     manifest = Path(manifest)
     # The manifest's identity is taken before it is read: an edit in between then cannot be
     # remembered as the content it replaced.
     manifest_identity = _io.identity_of_all([manifest])
-    paths = _listed_paths(manifest)
-    identity = hash((manifest_identity, _io.identity_of_all(paths)))
+    return hash((manifest_identity, _io.identity_of_all(_listed_paths(manifest))))
+
+
+def dataset_digest(manifest: str | Path, cache: HashCache, identity: int | None = None) -> dict | None:
+    """Digest of the manifest and of every file it lists (None when the manifest does not exist yet).
+    Unreadable manifests still get a digest of their bytes: the validation stage reports them.
+    While neither the manifest nor any listed file moved since the digest was remembered (their
+    `identity`, taken now unless given), no file is read: a no-op plan over 100,000 images costs
+    their stats. The files are read after the identity is taken, so an edit in between only makes
+    the next plan look again."""
+    manifest = Path(manifest)
+    identity = dataset_identity(manifest) if identity is None else identity
     known = cache.dataset(manifest, identity)
     if known is not None:
         return known
@@ -198,6 +206,7 @@ def dataset_digest(manifest: str | Path, cache: HashCache) -> dict | None:
     manifest_sha = files.sha256(manifest)
     if manifest_sha is None:
         return None
+    paths = _listed_paths(manifest)
     combined = hashlib.sha256(manifest_sha.encode())
     # Shown only when hashing takes a while: the first plan over a large dataset reads every file.
     listed = tqdm(paths, desc=f"doctrain: hashing what {manifest} lists", unit="file", delay=2, mininterval=1)
@@ -225,12 +234,14 @@ def lineage(config: dict, cache: HashCache | None = None) -> dict:
     }
 
 
-def dataset_fingerprint(manifest: str | Path, cache: HashCache | None = None) -> str | None:
+def dataset_fingerprint(
+    manifest: str | Path, cache: HashCache | None = None, identity: int | None = None
+) -> str | None:
     """The text of a dataset fingerprint file (None while the manifest does not exist). Without a
     cache given, the checkout's own is used and what it learnt is saved (the workflow's job)."""
     own_cache = cache is None
     cache = cache or HashCache(HASH_CACHE)
-    digest = dataset_digest(manifest, cache)
+    digest = dataset_digest(manifest, cache, identity)
     if own_cache:
         cache.save()
     return None if digest is None else canonical_json(digest) + "\n"

@@ -14,23 +14,19 @@ alone, so adding a value to the grid leaves every other experiment, and its resu
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from doctrain.config import (
     NAME,
     _key_path,
-    _Validator,
     canonical_json,
     format_overrides,
-    load_schema,
     read_yaml,
+    schema_validator,
     yaml_number,
 )
 from doctrain.errors import UserError
@@ -50,11 +46,6 @@ class Sweep:
     name: str
     base: str
     points: tuple[Point, ...]
-
-
-@functools.cache
-def _validator() -> jsonschema.protocols.Validator:
-    return _Validator(load_schema(SCHEMA))
 
 
 def _token(value: Any) -> str:
@@ -84,7 +75,7 @@ def load(path: str | Path) -> Sweep:
     """Read a sweep file and expand it into its points (the configs are validated by the caller)."""
     path = Path(path)
     raw = read_yaml(path)
-    errors = sorted(_validator().iter_errors(raw), key=_key_path)
+    errors = sorted(schema_validator(SCHEMA).iter_errors(raw), key=_key_path)
     if errors:
         problems = "; ".join(f"{_key_path(e)}: {e.message}" for e in errors)
         raise UserError(f"{path} is not a valid doctrain sweep: {problems}")
