@@ -57,6 +57,7 @@ try:
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 
+
 # Planning writes nothing: what the hashes learnt is saved by a run (not a dry run, a lint, a DAG or
 # a report), before its jobs start and as it ends (also a run with nothing to do, which Snakemake's
 # onstart never sees), and each stage adds what it wrote (_io.write_stamp); saves merge under a lock.

@@ -5,12 +5,15 @@ results/demo/cache/summary.json`), measures in one run, per tree (this one and, 
 the workflow's library as at git revision REV: the old path), alternating the trees each repeat:
   in-memory step   Lightning fit steps on one resident batch with augmentation off: the step alone,
                    eager and, for this tree, torch.compile'd in each --compile mode;
+  in-memory step with its augmentation  the same on one resident batch as the loader gives it
+                   (a tree that augments in the step, on the training device, does so each step);
   real data path   Lightning fit steps on the experiment's own loaders, workers and augmentation;
   augmentation alone  the loader with no workers plus, where the tree applies it after the loader,
                    the batched augmentation, in the configured threads: what feeding the step costs.
-Prints one table: median samples/s and each tree's real/in-memory ratio (target on 2 CPU cores:
->= 0.85). With a CUDA device the rows run there too, with its mean utilisation; without one the
-GPU rows say "not measured".
+Prints one table: median samples/s and each tree's real data path over its in-memory step (target on
+2 CPU cores: >= 0.85) and over its in-memory step with augmentation (what the loader alone costs).
+With a CUDA device the rows run there too, with its mean utilisation; without one the GPU rows say
+"not measured".
 With --picture PATH, also draws the same cache samples through REV's and this tree's augmentation,
 one row per transform family of the recipe, side by side.
 REV's path needs its own dependencies in this environment (before 2026-12-04: albumentations==2.0.8).
@@ -44,6 +47,7 @@ FAMILIES = (
     + [("colour", member) for member in ("equalize", "jitter")]
 )
 PICTURE_SAMPLES, PICTURE_SEEDS = (0, 7, 19), (11, 12)
+AUGMENTED_STEP = "in-memory step with its augmentation"
 
 
 def in_child(src: Path, *args: str) -> dict:
@@ -104,6 +108,11 @@ def child_measure(config: str, cache_dir: str, steps: int, device: str, compile_
         rows[f"in-memory step, compiled {mode}"] = fit_rate(
             settings, in_memory, num_classes, steps, device, compile_mode=mode
         )
+    in_main_process = copy.deepcopy(settings)
+    in_main_process["data"]["loader"].update(num_workers=0, persistent_workers=False)
+    drawn = next(iter(loaders(cache, in_main_process)[0]))
+    augmented = DataLoader([drawn] * (WARMUP_STEPS + steps), batch_size=None)
+    rows[AUGMENTED_STEP] = fit_rate(settings, augmented, num_classes, steps, device)
     rows["real data path"] = fit_rate(settings, loaders(cache, settings)[0], num_classes, steps, device)
     if device == "cpu":
         rows["augmentation alone"] = {"samples/s": augmentation_rate(settings, cache, steps)}
@@ -171,22 +180,29 @@ def forcing_batched(augment, settings: dict, block: str, member: str, image, see
 
 def table(results: dict[str, dict[str, list]]) -> str:
     lines = [
-        "| tree | row | device | samples/s (median) | real / in-memory | GPU utilisation |",
-        "|---|---|---|---|---|---|",
+        "| tree | row | device | samples/s (median) | real / in-memory | real / in-memory augmented "
+        "| GPU utilisation |",
+        "|---|---|---|---|---|---|---|",
     ]
     for tree, rows in results.items():
         for device in ("cpu", "gpu"):
             measured = {name: values for name, values in rows.items() if name.endswith(f"@{device}")}
             if not measured:
-                lines.append(f"| {tree} | all rows | {device} | not measured | | |")
+                lines.append(f"| {tree} | all rows | {device} | not measured | | | |")
                 continue
             step = statistics.median(r["samples/s"] for r in measured[f"in-memory step@{device}"])
+            augmented = [r["samples/s"] for r in measured.get(f"{AUGMENTED_STEP}@{device}", [])]
             for name, values in measured.items():
                 rate = statistics.median(r["samples/s"] for r in values)
-                ratio = f"{rate / step:.2f}" if name.startswith("real") else ""
+                real = name.startswith("real")
+                ratio = f"{rate / step:.2f}" if real else ""
+                ratio_augmented = f"{rate / statistics.median(augmented):.2f}" if real and augmented else ""
                 utils = [r["utilisation %"] for r in values if r.get("utilisation %") is not None]
                 util = f"{statistics.median(utils):.0f} %" if utils else ""
-                lines.append(f"| {tree} | {name.split('@')[0]} | {device} | {rate:,.0f} | {ratio} | {util} |")
+                lines.append(
+                    f"| {tree} | {name.split('@')[0]} | {device} | {rate:,.0f} | {ratio} | {ratio_augmented} "
+                    f"| {util} |"
+                )
     return "\n".join(lines)
 
 
