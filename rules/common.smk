@@ -295,9 +295,9 @@ STAGE_SHELL = (
 def shared_or_per_experiment(value_of):
     """value_of(exp) itself where every experiment has the same, else Snakemake's callable: Snakemake
     inspects a callable's signature at each job (a 100-point sweep's trainings: 1,000 resources)."""
-    values = {canonical_json(value_of(exp)): value_of(exp) for exp in EXPERIMENTS}
-    if len(values) == 1:
-        return values.popitem()[1]
+    values = [value_of(exp) for exp in EXPERIMENTS]
+    if len({canonical_json(value) for value in values}) == 1:
+        return values[0]
     return lambda w: value_of(w.exp)
 
 

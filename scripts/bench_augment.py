@@ -98,9 +98,10 @@ def child_measure(config: str, cache_dir: str, steps: int, device: str, compile_
     torch.set_num_threads(settings["trainer"]["threads"] or torch.get_num_threads())
     cache = Cache(cache_dir)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
-    clean = copy.deepcopy(settings)
+    in_main_process = copy.deepcopy(settings)
+    in_main_process["data"]["loader"].update(num_workers=0, persistent_workers=False)
+    clean = copy.deepcopy(in_main_process)
     clean["augment"]["enabled"] = False
-    clean["data"]["loader"].update(num_workers=0, persistent_workers=False)
     resident = next(iter(loaders(cache, clean)[0]))
     in_memory = DataLoader([resident] * (WARMUP_STEPS + steps), batch_size=None)
     rows = {"in-memory step": fit_rate(settings, in_memory, num_classes, steps, device)}
@@ -108,8 +109,6 @@ def child_measure(config: str, cache_dir: str, steps: int, device: str, compile_
         rows[f"in-memory step, compiled {mode}"] = fit_rate(
             settings, in_memory, num_classes, steps, device, compile_mode=mode
         )
-    in_main_process = copy.deepcopy(settings)
-    in_main_process["data"]["loader"].update(num_workers=0, persistent_workers=False)
     drawn = next(iter(loaders(cache, in_main_process)[0]))
     augmented = DataLoader([drawn] * (WARMUP_STEPS + steps), batch_size=None)
     rows[AUGMENTED_STEP] = fit_rate(settings, augmented, num_classes, steps, device)

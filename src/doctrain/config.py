@@ -25,7 +25,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 SYNTH_MANIFEST = re.compile(r"data/synth/(?P<name>[A-Za-z0-9_.-]+)/manifest\.csv")
 SCHEMA = "config.schema.yaml"
 # libyaml's loader where PyYAML was built with it (the wheels are): the same safe loading, 6x faster
-# (every plan reads every config).
+# (a plan reads every config again once one has changed; the commands read them each time).
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 

@@ -82,10 +82,9 @@ def find(
     cache, what was found is remembered by all it depends on (the config and sweep files, the
     schemas, the code that reads them, the pinned environment): a plan of a 100-point sweep then
     validates nothing (~0.15 s)."""
-    overrides = overrides or {}
+    overrides, folder = overrides or {}, Path(config_dir)
     if cache is None:
-        return _find(Path(config_dir), overrides)
-    folder = Path(config_dir)
+        return _find(folder, overrides)
     files = [*sorted(folder.glob("*.yaml")), *sorted(folder.joinpath("sweeps").glob("*.yaml"))]
     depends_on = {
         "folder": str(folder),
@@ -104,7 +103,7 @@ def find(
 def _find(config_dir: Path, overrides: dict[str, Any]) -> Experiments:
     found = Experiments()
     raw_configs = {}
-    for path in sorted(Path(config_dir).glob("*.yaml")):
+    for path in sorted(config_dir.glob("*.yaml")):
         name = path.stem
         problem = _bad_name(path, "experiment")
         if problem:
@@ -118,7 +117,7 @@ def _find(config_dir: Path, overrides: dict[str, Any]) -> Experiments:
             )
         except UserError as exc:
             found.broken[name] = str(exc)
-    for path in sorted(Path(config_dir, "sweeps").glob("*.yaml")):
+    for path in sorted(config_dir.joinpath("sweeps").glob("*.yaml")):
         try:
             _add_sweep(found, path, raw_configs, overrides)
         except UserError as exc:
