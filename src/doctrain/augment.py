@@ -254,7 +254,7 @@ class _RowsOnly:
     def __call__(self, name: str, x: torch.Tensor, transform) -> torch.Tensor:
         rows = self.rows[name]
         if rows.numel():
-            x[rows] = transform(x[rows], rows)
+            x[rows] = transform(x.index_select(0, rows), rows)  # a third of x[rows]'s time here
         return x
 
 
@@ -269,22 +269,33 @@ class _WholeBatch:
 
 
 def _geometric(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
+    grids = _sampling_grids(batch["affine"], x.shape)
     for name in BORDERS:
-        x = on(name, x, lambda part, rows, name=name: _warp(part, batch["affine"][rows], name))
+        x = on(
+            name,
+            x,
+            lambda part, rows, name=name: torch.nn.functional.grid_sample(
+                part, grids[rows], padding_mode=_PADDING[name], align_corners=True
+            ),
+        )
     return x
 
 
-def _warp(x: torch.Tensor, matrix: torch.Tensor, border: str) -> torch.Tensor:
-    """Images warped by their source-to-destination pixel matrices [N, 2, 3]."""
+def _sampling_grids(matrix: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """grid_sample's grids [N, H, W, 2] warping images of `shape` by their source-to-destination
+    pixel matrices [N, 2, 3], for the three borders at once: affine_grid's arithmetic by
+    broadcasting, where its batched matrix product with K = 3 took 1.2 ms for a batch of 16 on a CPU."""
     # grid_sample wants destination -> source in [-1, 1] coordinates (pixel centres at the ends).
-    linear, offset = matrix[:, :, :2].to(x.dtype), matrix[:, :, 2].to(x.dtype)
+    linear, offset = matrix[:, :, :2].float(), matrix[:, :, 2].float()
     a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
     inverse = torch.stack([d, -b, -c, a], dim=1).reshape(-1, 2, 2) / (a * d - b * c)[:, None, None]
-    centre = (x.shape[-1] - 1) / 2
+    height, width = shape[-2:]
+    centre = (width - 1) / 2
     shift = (torch.einsum("nij,nj->ni", inverse, centre - offset) - centre) / centre
-    theta = torch.cat([inverse, shift[:, :, None]], dim=2)
-    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=True)
-    return torch.nn.functional.grid_sample(x, grid, padding_mode=_PADDING[border], align_corners=True)
+    theta = torch.cat([inverse, shift[:, :, None]], dim=2)[:, :, :, None, None]
+    xs = torch.linspace(-1, 1, width, device=matrix.device)[None, None, :]
+    ys = torch.linspace(-1, 1, height, device=matrix.device)[None, :, None]
+    return torch.stack([xs * theta[:, i, 0] + ys * theta[:, i, 1] + theta[:, i, 2] for i in (0, 1)], dim=-1)
 
 
 def _degrade(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
@@ -402,25 +413,25 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torc
     """torchvision's colour jitter, each sample's four adjustments in its own order, each a linear
     map of the colour (x -> A x + b, then clipped): brightness scales, contrast blends with the
     mean grey, saturation with the pixel's grey, and hue rotates the chroma in YIQ (as DALI does;
-    torchvision shifts it in HSV)."""
-    n = len(x)
-    eye = torch.eye(3, dtype=x.dtype, device=x.device).expand(n, 3, 3)
+    torchvision shifts it in HSV). The four maps are built at once; only contrast's offset, the
+    mean grey of the image so far, waits for the adjustments before it."""
+    n, channels, height, width = x.shape
+    factor = factors.gather(1, order)[:, :, None, None]  # [N, position, 1, 1]
     grey = _like(_GREY, x)
+    scaled = factor * torch.eye(3, dtype=x.dtype, device=x.device)
     toward_grey = grey[None, :].expand(3, 3)  # each output channel takes the grey of the pixel
+    matrices = torch.where(
+        (order == JITTERS.index("saturation"))[:, :, None, None], scaled + (1 - factor) * toward_grey, scaled
+    )
+    turned = _hue_rotation(factor.flatten()).view(n, len(JITTERS), 3, 3)
+    matrices = torch.where((order == JITTERS.index("hue"))[:, :, None, None], turned, matrices)
+    contrast = (order == JITTERS.index("contrast"))[:, :, None]
+    flat = x.reshape(n, channels, height * width)
     for position in range(len(JITTERS)):
-        op = order[:, position]
-        factor = factors.gather(1, op[:, None])[:, :, None]
-        scaled = factor * eye
-        matrix = torch.where(
-            (op == JITTERS.index("saturation"))[:, None, None], scaled + (1 - factor) * toward_grey, scaled
-        )
-        matrix = torch.where(
-            (op == JITTERS.index("hue"))[:, None, None], _hue_rotation(factor[:, 0, 0]), matrix
-        )
-        mean_grey = torch.einsum("c,nchw->n", grey, x) / x[0, 0].numel()
-        offset = torch.where(op == JITTERS.index("contrast"), (1 - factor[:, 0, 0]) * mean_grey, 0.0)
-        x = (torch.einsum("nij,njhw->nihw", matrix, x) + offset[:, None, None, None]).clamp(0, 1)
-    return x
+        mean_grey = torch.einsum("c,nck->n", grey, flat) / flat.shape[-1]
+        offset = torch.where(contrast[:, position], (1 - factor[:, position, 0]) * mean_grey[:, None], 0.0)
+        flat = (torch.bmm(matrices[:, position], flat) + offset[:, :, None]).clamp_(0, 1)
+    return flat.view_as(x)
 
 
 _YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])[:, [2, 1, 0]]
