@@ -8,10 +8,14 @@ the workflow's library as at git revision REV: the old path), alternating the tr
   in-memory step with its augmentation  the same on one resident batch as the loader gives it
                    (a tree that augments in the step, on the training device, does so each step);
   real data path   Lightning fit steps on the experiment's own loaders, workers and augmentation;
+  the same three, interleaved  on a CPU, one fit that takes their batches in turn, 10 at a time,
+                   each timed on its own: side by side within seconds (the shared machine's speed
+                   moved 30 % between rows a minute apart);
   augmentation alone  the loader with no workers plus, where the tree applies it after the loader,
                    the batched augmentation, in the configured threads: what feeding the step costs.
 Prints one table: median samples/s and each tree's real data path over its in-memory step (target on
-2 CPU cores: >= 0.85) and over its in-memory step with augmentation (what the loader alone costs).
+2 CPU cores: >= 0.85) and over its in-memory step with augmentation (what the loader alone costs),
+each the median over repeats of the ratio within a repeat.
 With a CUDA device the rows run there too, with its mean utilisation; without one the GPU rows say
 "not measured".
 With --picture PATH, also draws the same cache samples through REV's and this tree's augmentation,
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import statistics
@@ -36,7 +41,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchlib import ROOT, WARMUP_STEPS, files_at, fit_rate
+from benchlib import BLOCK, ROOT, WARMUP_STEPS, files_at, fit_rate, interleaved_rates
 
 FAMILIES = (
     [("geometric", member) for member in ("constant", "reflect", "replicate")]
@@ -48,6 +53,7 @@ FAMILIES = (
 )
 PICTURE_SAMPLES, PICTURE_SEEDS = (0, 7, 19), (11, 12)
 AUGMENTED_STEP = "in-memory step with its augmentation"
+INTERLEAVED = ", interleaved"
 
 
 def in_child(src: Path, *args: str) -> dict:
@@ -114,6 +120,13 @@ def child_measure(config: str, cache_dir: str, steps: int, device: str, compile_
     rows[AUGMENTED_STEP] = fit_rate(settings, augmented, num_classes, steps, device)
     rows["real data path"] = fit_rate(settings, loaders(cache, settings)[0], num_classes, steps, device)
     if device == "cpu":
+        sources = {
+            "in-memory step": itertools.repeat(resident),
+            AUGMENTED_STEP: itertools.repeat(drawn),
+            "real data path": loaders(cache, settings)[0],
+        }
+        interleaved = interleaved_rates(settings, sources, num_classes, steps * len(sources))
+        rows.update({kind + INTERLEAVED: {"samples/s": rate} for kind, rate in interleaved.items()})
         rows["augmentation alone"] = {"samples/s": augmentation_rate(settings, cache, steps)}
     return rows
 
@@ -189,20 +202,29 @@ def table(results: dict[str, dict[str, list]]) -> str:
             if not measured:
                 lines.append(f"| {tree} | all rows | {device} | not measured | | | |")
                 continue
-            step = statistics.median(r["samples/s"] for r in measured[f"in-memory step@{device}"])
-            augmented = [r["samples/s"] for r in measured.get(f"{AUGMENTED_STEP}@{device}", [])]
             for name, values in measured.items():
                 rate = statistics.median(r["samples/s"] for r in values)
-                real = name.startswith("real")
-                ratio = f"{rate / step:.2f}" if real else ""
-                ratio_augmented = f"{rate / statistics.median(augmented):.2f}" if real and augmented else ""
+                row = name.split("@")[0]
+                ratios = ["", ""]
+                if row.startswith("real"):
+                    group = INTERLEAVED if row.endswith(INTERLEAVED) else ""
+                    for column, step in enumerate(("in-memory step", AUGMENTED_STEP)):
+                        ratios[column] = paired_ratio(values, measured.get(f"{step}{group}@{device}"))
                 utils = [r["utilisation %"] for r in values if r.get("utilisation %") is not None]
                 util = f"{statistics.median(utils):.0f} %" if utils else ""
                 lines.append(
-                    f"| {tree} | {name.split('@')[0]} | {device} | {rate:,.0f} | {ratio} | {ratio_augmented} "
-                    f"| {util} |"
+                    f"| {tree} | {row} | {device} | {rate:,.0f} | {ratios[0]} | {ratios[1]} | {util} |"
                 )
     return "\n".join(lines)
+
+
+def paired_ratio(values: list[dict], steps: list[dict] | None) -> str:
+    """The median over repeats of a row's rate over the step's rate in the same repeat (one child
+    measured both, minutes apart at most, where repeats can be a machine's quiet and busy hours)."""
+    if not steps:
+        return ""
+    ratios = [value["samples/s"] / step["samples/s"] for value, step in zip(values, steps, strict=True)]
+    return f"{statistics.median(ratios):.2f}"
 
 
 def draw_picture(path: Path, trees: dict[str, dict]) -> None:
@@ -268,6 +290,17 @@ def main() -> None:
         return
 
     cache_dir = args.cache_dir or f"results/{Path(args.config).stem}/cache"
+    if args.steps < BLOCK:
+        parser.error(f"--steps must be at least {BLOCK}: each interleaved row needs a timed block of its own")
+    if not Path(args.config).is_file():
+        parser.error(f"no config file {args.config}")
+    if not Path(cache_dir, "summary.json").is_file():
+        how = (
+            "a --cache-dir that holds one"
+            if args.cache_dir
+            else f"`snakemake --cores 2 {cache_dir}/summary.json` first"
+        )
+        parser.error(f"no prepared cache in {cache_dir} (no summary.json): {how}")
     import torch
 
     devices = ["cpu"] + (["gpu"] if torch.cuda.is_available() else [])

@@ -4,6 +4,7 @@ measures another revision's library (bench_augment.py --compare) gets that libra
 
 from __future__ import annotations
 
+import collections
 import io
 import statistics
 import subprocess
@@ -14,9 +15,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_STEPS = 20  # cuDNN autotuning, worker start-up and allocator growth are left out of the timing
+BLOCK = 10  # batches of one source in a row when sources are interleaved
 NVIDIA_SMI = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
 
 
@@ -98,6 +101,81 @@ def fit_rate(
     warm-up (which pays any compilation: raise the warm-up where it does not), with the peak GPU
     memory (MiB) and mean utilisation (%) on a GPU. `compile_mode`: trainer.compile, as the training
     applies it."""
+    gpu = accelerator == "gpu"
+    timer = StepTimer(gpu)
+    utilisation = fit(
+        settings, loader, num_classes, steps, accelerator, timer, precision, channels_last, compile_mode
+    )
+    return {
+        "samples/s": timer.steps * settings["data"]["batch_size"] / timer.seconds,
+        "peak MiB": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
+        "utilisation %": utilisation.mean_between(timer.started, timer.started + timer.seconds),
+    }
+
+
+def interleaved_rates(
+    settings: dict, sources: dict, num_classes: int, steps: int, block: int = BLOCK
+) -> dict[str, float]:
+    """Samples/s of each source's batches in one Lightning fit on the CPU that takes the sources in
+    turn, `block` batches at a time, `steps` timed batches in all: side by side, under the same
+    noise of a shared machine and in the same training state. (Not on a GPU: the timer does not
+    wait for the device.) With loader workers a source's workers keep reading while the others
+    train: it flatters a real data path with workers."""
+    interleaved = Interleaved(sources, block, WARMUP_STEPS + steps)
+    timer = KindTimer(interleaved.kinds, block)
+    fit(settings, DataLoader(interleaved, batch_size=None), num_classes, steps, "cpu", timer)
+    return {
+        kind: timer.steps[kind] * settings["data"]["batch_size"] / timer.seconds[kind] for kind in sources
+    }
+
+
+class Interleaved(IterableDataset):
+    """`total` batches from the sources in turn, `block` at a time; `kinds` says whose each was."""
+
+    def __init__(self, sources: dict, block: int, total: int):
+        self.sources, self.block, self.total, self.kinds = sources, block, total, []
+
+    def __iter__(self):
+        batches = {kind: iter(source) for kind, source in self.sources.items()}
+        names = list(batches)
+        for index in range(self.total):
+            kind = names[index // self.block % len(names)]
+            self.kinds.append(kind)
+            yield next(batches[kind])
+
+
+class KindTimer(L.Callback):
+    """Per kind of batch (Interleaved), the wall time from the end of one timed training batch to
+    the end of the next, after the warm-up. Each interval holds one fetch (Lightning fetches the
+    next batch before it runs a step) and one step; the last batch of a block is left out, as its
+    interval holds the first fetch of the next block's kind."""
+
+    def __init__(self, kinds: list[str], block: int):
+        self.kinds, self.block = kinds, block
+        self.seconds, self.steps = collections.Counter(), collections.Counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        now = time.perf_counter()
+        if batch_idx > WARMUP_STEPS and (batch_idx + 1) % self.block:
+            kind = self.kinds[batch_idx]
+            self.seconds[kind] += now - self.ended
+            self.steps[kind] += 1
+        self.ended = now
+
+
+def fit(
+    settings: dict,
+    loader,
+    num_classes: int,
+    steps: int,
+    accelerator: str,
+    timer: L.Callback,
+    precision: str = "32",
+    channels_last: bool = False,
+    compile_mode: str = "none",
+) -> Utilisation:
+    """WARMUP_STEPS + `steps` Lightning fit steps of the experiment's model on `loader`, timed by
+    `timer`; the GPU's utilisation meanwhile."""
     from doctrain.lit_module import EmbeddingModule
 
     model = {**settings["model"], "channels_last": channels_last}
@@ -105,7 +183,6 @@ def fit_rate(
         {**settings, "model": model}, num_classes, steps_per_epoch=WARMUP_STEPS + steps
     )
     gpu = accelerator == "gpu"
-    timer = StepTimer(gpu)
     trainer = L.Trainer(
         max_steps=WARMUP_STEPS + steps,
         accelerator=accelerator,
@@ -128,8 +205,4 @@ def fit_rate(
         compile_network(module, compile_mode)
     with Utilisation(gpu) as utilisation:
         trainer.fit(module, loader)
-    return {
-        "samples/s": timer.steps * settings["data"]["batch_size"] / timer.seconds,
-        "peak MiB": torch.cuda.max_memory_allocated() / 2**20 if gpu else None,
-        "utilisation %": utilisation.mean_between(timer.started, timer.started + timer.seconds),
-    }
+    return utilisation
