@@ -98,9 +98,11 @@ def child_measure(config: str, cache_dir: str, steps: int, device: str, compile_
     from doctrain.config import load_config
     from doctrain.dataset import loaders
     from doctrain.fingerprint import stage_settings
+    from doctrain.training import pin_cpu_kernels
 
     settings = stage_settings(load_config(config), "train")
     settings["data"]["samples_per_epoch"] = (WARMUP_STEPS + steps + 1) * settings["data"]["batch_size"]
+    pin_cpu_kernels(settings["trainer"])  # the kernel path its training takes (the demo's: AVX2)
     torch.set_num_threads(settings["trainer"]["threads"] or torch.get_num_threads())
     cache = Cache(cache_dir)
     num_classes = int(cache.split("train")["class_id"].max()) + 1
