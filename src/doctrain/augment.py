@@ -269,7 +269,7 @@ class _WholeBatch:
 
 
 def _geometric(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
-    grids = _sampling_grids(batch["affine"], x.shape)
+    grids = _sampling_grids(batch["affine"], x)
     for name in BORDERS:
         x = on(
             name,
@@ -281,20 +281,21 @@ def _geometric(x: torch.Tensor, batch: dict, on) -> torch.Tensor:
     return x
 
 
-def _sampling_grids(matrix: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """grid_sample's grids [N, H, W, 2] warping images of `shape` by their source-to-destination
-    pixel matrices [N, 2, 3], for the three borders at once: affine_grid's arithmetic by
-    broadcasting, where its batched matrix product with K = 3 took 1.2 ms for a batch of 16 on a CPU."""
+def _sampling_grids(matrix: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """grid_sample's grids [N, H, W, 2], in the type of the images `like`, warping them by their
+    source-to-destination pixel matrices [N, 2, 3], for the three borders at once: affine_grid's
+    arithmetic by broadcasting, where its batched matrix product with K = 3 took 1.2 ms for a batch
+    of 16 on a CPU."""
     # grid_sample wants destination -> source in [-1, 1] coordinates (pixel centres at the ends).
-    linear, offset = matrix[:, :, :2].float(), matrix[:, :, 2].float()
+    linear, offset = matrix[:, :, :2].to(like.dtype), matrix[:, :, 2].to(like.dtype)
     a, b, c, d = linear[:, 0, 0], linear[:, 0, 1], linear[:, 1, 0], linear[:, 1, 1]
     inverse = torch.stack([d, -b, -c, a], dim=1).reshape(-1, 2, 2) / (a * d - b * c)[:, None, None]
-    height, width = shape[-2:]
+    height, width = like.shape[-2:]
     centre = (width - 1) / 2
     shift = (torch.einsum("nij,nj->ni", inverse, centre - offset) - centre) / centre
     theta = torch.cat([inverse, shift[:, :, None]], dim=2)[:, :, :, None, None]
-    xs = torch.linspace(-1, 1, width, device=matrix.device)[None, None, :]
-    ys = torch.linspace(-1, 1, height, device=matrix.device)[None, :, None]
+    xs = torch.linspace(-1, 1, width, dtype=like.dtype, device=like.device)[None, None, :]
+    ys = torch.linspace(-1, 1, height, dtype=like.dtype, device=like.device)[None, :, None]
     return torch.stack([xs * theta[:, i, 0] + ys * theta[:, i, 1] + theta[:, i, 2] for i in (0, 1)], dim=-1)
 
 
