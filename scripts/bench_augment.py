@@ -15,7 +15,8 @@ the workflow's library as at git revision REV: the old path), alternating the tr
                    the batched augmentation, in the configured threads: what feeding the step costs.
 Prints one table: median samples/s and each tree's real data path over its in-memory step (target on
 2 CPU cores: >= 0.85) and over its in-memory step with augmentation (what the loader alone costs),
-each the median over repeats of the ratio within a repeat.
+each the median over repeats of the ratio within a repeat. Every fit takes the experiment's CPU
+kernel path (trainer.cpu_kernels: the demo's AVX2), as its training does.
 With a CUDA device the rows run there too, with its mean utilisation; without one the GPU rows say
 "not measured".
 With --picture PATH, also draws the same cache samples through REV's and this tree's augmentation,
